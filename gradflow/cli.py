@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import UserInputError
 
@@ -74,7 +75,129 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=cmd_models)
 
 
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_models_parser]
+def _default_out(models: Sequence[str]) -> Path:
+    """A new folder under the current directory: gradflow-report-<models>[-N]."""
+    stem = "gradflow-report-" + "-".join(m.replace(":", "_").replace("/", "_") for m in models)
+    stem = stem[:80]
+    candidate, n = Path(stem), 1
+    while candidate.exists():
+        n += 1
+        candidate = Path(f"{stem}-{n}")
+    return candidate
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Run the analysis, print the summary, write the report folder."""
+    from .analyze import analyze
+
+    out = Path(args.out) if args.out else _default_out(args.model)
+    if out.exists() and out.is_file():
+        raise UserInputError(f"--out {out} is a file; give a folder path")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UserInputError(
+            f"output folder {out} exists and is not empty; choose another --out "
+            "or pass --force to replace it"
+        )
+    result = analyze(
+        args.model,
+        data=args.data,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        samples=args.samples,
+        k=args.k,
+        depths=args.depths,
+        seed=args.seed,
+        device=args.device,
+        init=args.init,
+        steps=args.steps,
+        checkpoint=args.checkpoint,
+        progress=not args.quiet,
+    )
+    result.save(out, overwrite=args.force)
+    print(result.summary_text())
+    print(f"\nreport: {out / 'report.html'}   data: {out / 'data'}")
+    return 0
+
+
+def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "analyze",
+        help="measure gradient flow through models; write a report",
+        description=(
+            "Measure, for each model at initialisation (and after --steps of training or "
+            "from --checkpoint), the per-layer response std, the activation-gradient norm "
+            "at every block boundary and the Jacobian spectra of each block and of the "
+            "cumulative map from the input; print a summary and write a self-contained "
+            "report (report.html, figures/, data/*.parquet|csv, meta.json)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  gradflow analyze --model plain56 --model resnet56\n"
+            "  gradflow analyze --model resnet110 --init zero_gamma --out zg110\n"
+            "  gradflow analyze --model resnet20 --data fashion-mnist --steps 200\n"
+            "  gradflow analyze --model my_net.py:build --model torchvision:resnet18"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a registry name (gradflow models), torchvision:NAME or path/to/file.py:factory; "
+        "repeat to compare models",
+    )
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        choices=["synthetic", "fashion-mnist", "cifar10"],
+        help="probe data (default: synthetic, generated in code; 1-channel data sets build "
+        "models with in_channels=1)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="folder of the data set files (default for fashion-mnist: "
+        "/usr/share/datasets/fashion-mnist, from the Debian package dataset-fashion-mnist)",
+    )
+    parser.add_argument("--batch-size", type=int, default=128, help="probe batch size (128)")
+    parser.add_argument(
+        "--samples", type=int, default=2, help="probe samples for the Jacobian spectra (2)"
+    )
+    parser.add_argument(
+        "--k", type=int, default=8, help="largest and smallest singular values per operator (8)"
+    )
+    parser.add_argument(
+        "--depths",
+        default="auto",
+        help="depths of the cumulative spectra: auto, all, or a comma list like 1,9,18,27",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the probe batch (0)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument(
+        "--init", help="initialisation for registry models: he, zero_gamma, skipinit, fixup"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="train this many iterations with the paper's SGD recipe first; analyse at "
+        "init and after (default 0: init only)",
+    )
+    parser.add_argument("--checkpoint", help="analyse a trained model from this checkpoint")
+    parser.add_argument(
+        "--out", help="report folder (default: a new gradflow-report-<models> folder here)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace --out if it exists and is not empty"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=cmd_analyze)
+
+
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_models_parser,
+    add_analyze_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,374 @@
+"""One analysis run: models + a probe batch -> records and spectra -> summary and report.
+
+``analyze(["plain56", "resnet56"])`` is what ``gradflow analyze`` runs. For each model it
+measures, at initialisation (and after ``steps`` training iterations, or from a checkpoint):
+
+- the Recorder's frame on one batch (response std per 3x3 layer, activation-gradient norm
+  at every block boundary, parameter-gradient and weight norms);
+- the block and cumulative Jacobian spectra on a few probe samples (eval-mode BN with
+  running statistics calibrated on the probe batch in a copy of the model);
+
+and condenses them into one summary row per model and a plain-language verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import io as gio
+from .errors import UserInputError
+
+SUMMARY_COLUMNS = [
+    "model",
+    "step",
+    "blocks",
+    "grad_log10_ratio",
+    "response_std_min",
+    "response_std_max",
+    "prod_largest",
+    "prod_smallest",
+    "prod_log10_condition",
+]
+
+
+@dataclass
+class AnalysisConfig:
+    """Everything that determines an analysis run (also written to meta.json)."""
+
+    models: list[str]
+    data: str = "synthetic"
+    data_dir: str | None = None
+    batch_size: int = 128
+    samples: int = 2
+    k: int = 8
+    depths: str = "auto"
+    seed: int = 0
+    device: str = "cpu"
+    init: str | None = None
+    steps: int = 0
+    checkpoint: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class AnalysisResult:
+    """The frames of one run (records, spectra, spectra summary, summary) and its metadata."""
+
+    records: pd.DataFrame
+    spectra: pd.DataFrame
+    spectra_summary: pd.DataFrame
+    summary: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {
+            "records": self.records,
+            "spectra": self.spectra,
+            "spectra_summary": self.spectra_summary,
+            "summary": self.summary,
+        }
+
+    def verdicts(self) -> list[str]:
+        """One plain-language line per analysed (model, step)."""
+        return [verdict(row) for row in self.summary.to_dict("records")]
+
+    def summary_text(self) -> str:
+        """The terminal summary: the table, then one line per model."""
+        shown = self.summary.copy()
+        if shown["step"].nunique() == 1:
+            shown = shown.drop(columns="step")
+        table = shown.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+        return table + "\n\n" + "\n".join(self.verdicts())
+
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write report.html, figures/, data/*.parquet|csv and meta.json into ``out``.
+
+        Everything is written into a temporary sibling folder that is renamed onto ``out``
+        at the end, so an interrupted save leaves no half-written report.
+        """
+        from .report import build_analysis_report
+
+        out = Path(out)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise UserInputError(
+                f"output folder {out} exists and is not empty; choose another --out "
+                "or pass --force to replace it"
+            )
+        staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            for name, frame in self.frames.items():
+                gio.write_frame(frame, staging / "data", name)
+            build_analysis_report(self).write(staging)
+            gio.write_text(staging / "meta.json", json.dumps(self.meta, indent=2, default=str))
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return out
+
+
+def verdict(row: dict) -> str:
+    """A sentence on one summary row: how the gradient scales, how conditioned prod J is."""
+    ratio = row["grad_log10_ratio"]
+    if not math.isfinite(ratio):
+        flow = "gradient norm is not finite somewhere (see the records)"
+    elif abs(ratio) < 0.3:
+        flow = f"gradient norm is preserved from output to input (10^{ratio:+.2f})"
+    elif ratio > 0:
+        flow = f"gradient grows 10^{ratio:.1f}x from output to input"
+    else:
+        flow = f"gradient shrinks 10^{-ratio:.1f}x from output to input"
+    cond = row["prod_log10_condition"]
+    spectrum = (
+        f"cumulative Jacobian condition number 10^{cond:.1f} at full depth "
+        f"(singular values {row['prod_smallest']:.2g} .. {row['prod_largest']:.2g})"
+        if math.isfinite(cond)
+        else "cumulative Jacobian spectrum not available"
+    )
+    step = f" (step {row['step']})" if row.get("step") else ""
+    return f"{row['model']}{step}: {flow}; {spectrum}."
+
+
+def summarize(records: pd.DataFrame, spectra_summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, step): the numbers that say whether gradient flows and why."""
+    rows = []
+    for (model, step), part in records.groupby(["model", "step"], sort=False):
+        grads = part[part["quantity"] == "activation_grad_norm"].sort_values("depth")
+        responses = part[part["quantity"] == "response_std"]["value"]
+        ratio = float("nan")
+        if len(grads) >= 2:
+            first, last = grads["value"].iloc[0], grads["value"].iloc[-1]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = float(np.log10(first / last))
+        row = {
+            "model": model,
+            "step": int(step),
+            "blocks": int(grads["depth"].max()) if len(grads) else 0,
+            "grad_log10_ratio": ratio,
+            "response_std_min": float(responses.min()) if len(responses) else float("nan"),
+            "response_std_max": float(responses.max()) if len(responses) else float("nan"),
+        }
+        row.update(_full_depth_spectrum(spectra_summary, model, step))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _full_depth_spectrum(spectra_summary: pd.DataFrame, model: str, step: int) -> dict:
+    empty = {"prod_largest": np.nan, "prod_smallest": np.nan, "prod_log10_condition": np.nan}
+    if spectra_summary.empty:
+        return empty
+    part = spectra_summary[
+        (spectra_summary["model"] == model)
+        & (spectra_summary["operator"] == "prod")
+        & (spectra_summary["step"] == step)
+    ]
+    if part.empty:
+        return empty
+    last = part[part["depth"] == part["depth"].max()]
+    largest = float(np.exp(np.log(last["largest"]).mean()))
+    smallest = float(np.exp(np.log(last["smallest"].clip(lower=1e-300)).mean()))
+    return {
+        "prod_largest": largest,
+        "prod_smallest": smallest,
+        "prod_log10_condition": float(np.log10(largest / smallest)),
+    }
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def build_model(name: str, dataset, init: str | None, device: torch.device) -> nn.Module:
+    """Create ``name`` for the data set's channels and classes (zoo, torchvision or file)."""
+    from .models import create_model
+
+    options = {"num_classes": dataset.num_classes, "in_channels": dataset.channels}
+    if init:
+        options["init"] = init
+    if ":" in name:
+        if name.startswith("torchvision:"):
+            options.pop("in_channels")
+        else:
+            from .models.external import accepted_options
+
+            options = accepted_options(name, options)
+    return create_model(name, **options).to(device)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
+    """Load a state dict (raw, or under "model" as gradflow train writes it) into ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserInputError(f"checkpoint {path} could not be read ({err})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise UserInputError(f"checkpoint {path} holds no state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).split("\n")[1:3]
+        raise UserInputError(
+            f"checkpoint {path} does not match model {name}: " + " ".join(s.strip() for s in first)
+        ) from None
+
+
+def analyze(
+    models: list[str] | str,
+    *,
+    data: str = "synthetic",
+    data_dir: str | None = None,
+    batch_size: int = 128,
+    samples: int = 2,
+    k: int = 8,
+    depths: str = "auto",
+    seed: int = 0,
+    device: str = "cpu",
+    init: str | None = None,
+    steps: int = 0,
+    checkpoint: str | None = None,
+    progress: bool = True,
+) -> AnalysisResult:
+    """Measure gradient flow through each model at init (and after training) on one batch."""
+    config = AnalysisConfig(
+        [models] if isinstance(models, str) else list(models),
+        data,
+        data_dir,
+        batch_size,
+        samples,
+        k,
+        depths,
+        seed,
+        device,
+        init,
+        steps,
+        checkpoint,
+        progress,
+    )
+    return _run(config)
+
+
+def _run(config: AnalysisConfig) -> AnalysisResult:
+    from tqdm.auto import tqdm
+
+    from .data import load_dataset
+    from .record import record
+    from .spectra import block_spectra, summarize_spectra
+
+    if not config.models:
+        raise UserInputError("no model given: name at least one, e.g. --model resnet56")
+    if config.checkpoint and len(config.models) != 1:
+        raise UserInputError("--checkpoint applies to one model: pass exactly one --model")
+    if config.samples < 1 or config.k < 1 or config.batch_size < 2:
+        raise UserInputError("--samples and --k must be >= 1 and --batch-size >= 2")
+    device = _device(config.device)
+    started = time.time()
+    dataset = load_dataset(config.data, data_dir=config.data_dir)
+    x, y = dataset.batch(config.batch_size, seed=config.seed)
+    x, y = x.to(device), y.to(device)
+    models = {name: build_model(name, dataset, config.init, device) for name in config.models}
+    phases = ["record", "spectra"] + (["train", "record", "spectra"] if config.steps else [])
+    bar = tqdm(
+        total=len(models) * len(phases),
+        disable=not (config.progress and sys.stderr.isatty()),
+        desc="analyze",
+        unit="phase",
+        file=sys.stderr,
+    )
+    records, spectra = [], []
+    rng_state = torch.random.get_rng_state()
+    try:
+        for name, model in models.items():
+            if config.checkpoint:
+                load_checkpoint(model, config.checkpoint, name)
+            step = 0
+            for phase in phases:
+                bar.set_postfix_str(f"{name}: {phase}")
+                if phase == "record":
+                    frame = record(model, x, y, label=name)
+                    records.append(frame.assign(step=step))
+                elif phase == "spectra":
+                    torch.manual_seed(config.seed)
+                    frame = block_spectra(
+                        model, x[: config.samples], k=config.k, depths=config.depths, label=name
+                    )
+                    spectra.append(frame.assign(step=step))
+                else:
+                    _train_steps(model, dataset, config, device)
+                    step = config.steps
+                bar.update()
+    finally:
+        bar.close()
+        torch.random.set_rng_state(rng_state)
+    records_frame = pd.concat(records, ignore_index=True)
+    spectra_frame = pd.concat(spectra, ignore_index=True)
+    spectra_summary = summarize_spectra(spectra_frame, by=["step"])
+    summary = summarize(records_frame, spectra_summary)
+    meta = _meta(config, dataset, time.time() - started)
+    return AnalysisResult(records_frame, spectra_frame, spectra_summary, summary, meta)
+
+
+def _train_steps(model: nn.Module, dataset, config: AnalysisConfig, device) -> None:
+    """Train ``config.steps`` iterations in place with the paper's recipe (gradflow.train)."""
+    from .train import train_model
+
+    train_model(
+        model,
+        dataset,
+        iterations=config.steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=device,
+    )
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda asked for, but no CUDA device is available here")
+    return device
+
+
+def _meta(config: AnalysisConfig, dataset, wall_time: float) -> dict:
+    import gradflow
+
+    return {
+        "config": asdict(config),
+        "command": " ".join(sys.argv),
+        "data": {
+            "name": dataset.name,
+            "description": dataset.description,
+            "synthetic": bool(dataset.is_synthetic),
+        },
+        "wall_time_s": round(wall_time, 2),
+        "versions": {
+            "gradflow": gradflow.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "python": platform.python_version(),
+        },
+        "threads": torch.get_num_threads(),
+    }
