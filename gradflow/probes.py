@@ -1,0 +1,297 @@
+"""What the Recorder measures: one small class per probe, plus the streaming statistics.
+
+Three measurement sites, each filled by hooks the Recorder attaches:
+
+- ``"response"``: the output of selected layers (forward hooks). Per layer the Recorder keeps
+  a running count n, mean and M2 = sum (v - mean)^2 over *all* output elements (samples,
+  channels, positions) and the running min/max, merged batch by batch with Chan's formula,
+  on the tensor's device. Nothing else is kept: activations are never stored.
+- ``"boundary"``: the gradient dL/dz at block boundaries (tensor hooks on block outputs and on
+  the input of the first block). Per point: the sum of squares over the batch tensor, summed
+  over the batches of a step, and the per-sample scaled sum used by ``activation_grad_rms``.
+- ``"parameter"``: parameter tensors and their ``.grad``, read once at ``Recorder.step()``.
+
+A probe turns the stacked site statistics of one step into values, one per site key, with a
+handful of vectorised ops on the device (nothing is synchronised until the Recorder moves the
+whole step to the CPU once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .errors import UserInputError
+
+RESPONSE_STD = "response_std"
+RESPONSE_MEAN = "response_mean"
+RESPONSE_ABSMAX = "response_absmax"
+ACTIVATION_GRAD_NORM = "activation_grad_norm"
+ACTIVATION_GRAD_RMS = "activation_grad_rms"
+PARAM_GRAD_NORM = "param_grad_norm"
+WEIGHT_NORM = "weight_norm"
+UPDATE_RATIO = "update_ratio"
+QUANTITIES = (
+    RESPONSE_STD,
+    RESPONSE_MEAN,
+    RESPONSE_ABSMAX,
+    ACTIVATION_GRAD_NORM,
+    ACTIVATION_GRAD_RMS,
+    PARAM_GRAD_NORM,
+    WEIGHT_NORM,
+    UPDATE_RATIO,
+)
+
+
+def chan_merge(
+    count_a: float | Tensor,
+    mean_a: Tensor,
+    m2_a: Tensor,
+    count_b: float | Tensor,
+    mean_b: Tensor,
+    m2_b: Tensor,
+) -> tuple[float | Tensor, Tensor, Tensor]:
+    """Chan et al. (1979): (n, mean, M2) of the union of two samples, stable in float32.
+
+    With d = mean_b - mean_a: n = n_a + n_b, mean = mean_a + d n_b / n,
+    M2 = M2_a + M2_b + d^2 n_a n_b / n.
+    """
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / count)
+    m2 = m2_a + m2_b + delta * delta * (count_a * count_b / count)
+    return count, mean, m2
+
+
+class ResponseStats:
+    """Running statistics of one layer's outputs over the batches of a step (on device)."""
+
+    __slots__ = ("count", "high", "low", "m2", "mean")
+
+    def __init__(self, output: Tensor, moments: bool, extrema: bool) -> None:
+        values = output.detach()
+        self.count = values.numel()
+        self.mean = self.m2 = self.low = self.high = None
+        if moments:
+            var, self.mean = torch.var_mean(values, correction=0)
+            self.m2 = var * self.count
+        if extrema:
+            self.low, self.high = torch.aminmax(values)
+
+    def merge(self, other: ResponseStats) -> None:
+        """Fold another batch's statistics in (Chan's formula; min/max elementwise)."""
+        if self.mean is not None:
+            _, self.mean, self.m2 = chan_merge(
+                self.count, self.mean, self.m2, other.count, other.mean, other.m2
+            )
+        if self.low is not None:
+            self.low = torch.minimum(self.low, other.low)
+            self.high = torch.maximum(self.high, other.high)
+        self.count += other.count
+
+
+class BoundaryStats:
+    """Sums over a step's batches of ||dL/dz||^2 and of B^2 ||dL/dz||^2, and the samples B."""
+
+    __slots__ = ("samples", "scaled_sumsq", "sumsq")
+
+    def __init__(self, grad: Tensor, mean_reduced: bool) -> None:
+        self.samples = grad.shape[0] if grad.dim() > 0 else 1
+        self.sumsq = torch.linalg.vector_norm(grad).square()
+        # sample i's own loss gradient is B dL/dz_i for a mean-reduced loss, dL/dz_i for a
+        # summed one (see ActivationGradNorm): store sum_i ||g_i||^2 for this batch
+        self.scaled_sumsq = self.sumsq * self.samples**2 if mean_reduced else self.sumsq
+
+    def merge(self, other: BoundaryStats) -> None:
+        self.sumsq = self.sumsq + other.sumsq
+        self.scaled_sumsq = self.scaled_sumsq + other.scaled_sumsq
+        self.samples += other.samples
+
+
+@dataclass
+class ResponseBatch:
+    """One step of response statistics, stacked over ``keys`` (1-D device tensors)."""
+
+    keys: list[str]
+    count: Tensor
+    mean: Tensor | None
+    m2: Tensor | None
+    low: Tensor | None
+    high: Tensor | None
+
+
+@dataclass
+class BoundaryBatch:
+    """One step of boundary statistics, stacked over ``keys``."""
+
+    keys: list[str]
+    sumsq: Tensor
+    scaled_sumsq: Tensor
+    samples: Tensor
+
+
+@dataclass
+class ParameterBatch:
+    """Parameters named ``keys``; ``grads`` of the ``grad_keys`` that have one; the snapshot
+    of the parameters at the previous step (None when not kept)."""
+
+    keys: list[str]
+    params: list[Tensor]
+    grad_keys: list[str]
+    grads: list[Tensor]
+    previous: list[Tensor] | None
+
+
+Values = dict[str, tuple[list[str], Tensor]]
+
+
+class Probe:
+    """One measured thing: its name, the site it reads and how a step becomes values."""
+
+    name: ClassVar[str]
+    site: ClassVar[str]
+    quantities: ClassVar[tuple[str, ...]]
+    needs_moments: ClassVar[bool] = False
+    needs_extrema: ClassVar[bool] = False
+    keeps_snapshot: ClassVar[bool] = False  # needs the parameters of the previous step
+
+    def values(self, batch) -> Values:
+        """Quantity -> (keys, 1-D tensor of one value per key), computed on the device."""
+        raise NotImplementedError
+
+
+class ResponseStd(Probe):
+    """Population std (ddof 0) of a layer's output over all elements of the step's batches."""
+
+    name, site, quantities, needs_moments = RESPONSE_STD, "response", (RESPONSE_STD,), True
+
+    def values(self, batch: ResponseBatch) -> Values:
+        return {RESPONSE_STD: (batch.keys, (batch.m2 / batch.count).sqrt())}
+
+
+class ResponseMean(Probe):
+    """Mean of a layer's output over all elements of the step's batches."""
+
+    name, site, quantities, needs_moments = RESPONSE_MEAN, "response", (RESPONSE_MEAN,), True
+
+    def values(self, batch: ResponseBatch) -> Values:
+        return {RESPONSE_MEAN: (batch.keys, batch.mean)}
+
+
+class ResponseAbsmax(Probe):
+    """max |v| over all elements of a layer's output in the step's batches."""
+
+    name, site, quantities, needs_extrema = RESPONSE_ABSMAX, "response", (RESPONSE_ABSMAX,), True
+
+    def values(self, batch: ResponseBatch) -> Values:
+        return {RESPONSE_ABSMAX: (batch.keys, torch.maximum(-batch.low, batch.high))}
+
+
+class ActivationGradNorm(Probe):
+    """dL/dz at block boundaries: the batch norm and a batch-size-free per-sample RMS.
+
+    ``activation_grad_norm`` = ||dL/dz||_F, the Frobenius norm of the gradient of the loss
+    with respect to the whole boundary tensor z (batch x features), summed in squares over
+    the batches of a step: sqrt(sum_b ||dL/dz_b||_F^2).
+
+    ``activation_grad_rms`` = sqrt(mean_i ||g_i||^2), the RMS over samples i of the gradient
+    of sample i's own loss l_i. With PyTorch's default mean reduction L = (1/B) sum_i l_i,
+    so g_i = B dL/dz_i (``loss_reduction="mean"``); with ``"sum"``, g_i = dL/dz_i. Under BN in
+    train mode samples are coupled and g_i is the i-th slice of the batch gradient. Since
+    sum_i ||dL/dz_i||^2 = ||dL/dz||_F^2, one batch gives sqrt(B) ||dL/dz||_F (mean reduction).
+    """
+
+    name, site = ACTIVATION_GRAD_NORM, "boundary"
+    quantities = (ACTIVATION_GRAD_NORM, ACTIVATION_GRAD_RMS)
+
+    def values(self, batch: BoundaryBatch) -> Values:
+        return {
+            ACTIVATION_GRAD_NORM: (batch.keys, batch.sumsq.sqrt()),
+            ACTIVATION_GRAD_RMS: (batch.keys, (batch.scaled_sumsq / batch.samples).sqrt()),
+        }
+
+
+def norms(tensors: list[Tensor]) -> Tensor:
+    """L2 norms of a list of tensors by one fused ``torch._foreach_norm``, stacked (float32)."""
+    if not tensors:
+        return torch.zeros(0)
+    device = tensors[0].device
+    return torch.stack([n.to(device, torch.float32) for n in torch._foreach_norm(tensors)])
+
+
+class ParamGradNorm(Probe):
+    """||p.grad||_2 of every parameter tensor that has a ``.grad`` at ``step()``."""
+
+    name, site, quantities = PARAM_GRAD_NORM, "parameter", (PARAM_GRAD_NORM,)
+
+    def values(self, batch: ParameterBatch) -> Values:
+        return {PARAM_GRAD_NORM: (batch.grad_keys, norms(batch.grads))}
+
+
+class WeightNorm(Probe):
+    """||p||_2 of every parameter tensor at ``step()``."""
+
+    name, site, quantities = WEIGHT_NORM, "parameter", (WEIGHT_NORM,)
+
+    def values(self, batch: ParameterBatch) -> Values:
+        return {WEIGHT_NORM: (batch.keys, norms(batch.params))}
+
+
+class UpdateRatio(Probe):
+    """||w_t - w_{t-1}|| / ||w_{t-1}||: w_t at this ``step()``, w_{t-1} at the previous one.
+
+    Step 0 compares with the weights at ``__enter__``; NaN where ||w_{t-1}|| = 0 (undefined).
+    """
+
+    name, site, quantities = UPDATE_RATIO, "parameter", (UPDATE_RATIO,)
+    keeps_snapshot = True
+
+    def values(self, batch: ParameterBatch) -> Values:
+        if batch.previous is None or not batch.params:
+            return {}
+        change = norms(torch._foreach_sub(batch.params, batch.previous))
+        before = norms(batch.previous)
+        ratio = torch.where(before > 0, change / before, float("nan"))
+        return {UPDATE_RATIO: (batch.keys, ratio)}
+
+
+PROBES: dict[str, type[Probe]] = {
+    cls.name: cls
+    for cls in (
+        ResponseStd,
+        ResponseMean,
+        ResponseAbsmax,
+        ActivationGradNorm,
+        ParamGradNorm,
+        WeightNorm,
+        UpdateRatio,
+    )
+}
+DEFAULT_PROBES = tuple(PROBES)
+
+
+def resolve_probes(probes: Sequence[str | Probe] | str | None) -> list[Probe]:
+    """Probe instances from names (see ``PROBES``) or instances; None means all of them."""
+    if probes is None:
+        probes = DEFAULT_PROBES
+    if isinstance(probes, str | Probe):
+        probes = [probes]
+    resolved = []
+    for probe in probes:
+        if isinstance(probe, Probe):
+            resolved.append(probe)
+        elif probe in PROBES:
+            resolved.append(PROBES[probe]())
+        elif probe == ACTIVATION_GRAD_RMS:
+            resolved.append(ActivationGradNorm())
+        else:
+            raise UserInputError(
+                f"unknown probe {probe!r}; available: {', '.join(PROBES)} "
+                "(activation_grad_norm also gives activation_grad_rms)"
+            )
+    unique = {type(p): p for p in resolved}
+    return list(unique.values())

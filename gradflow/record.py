@@ -1,0 +1,516 @@
+"""Per-layer measurements of any ``nn.Module`` as tidy DataFrames, without disturbing it.
+
+``Recorder(model)`` attaches hooks on ``__enter__`` and removes every one on ``__exit__`` (also
+when the body raises); the user runs ordinary forward/backward passes and calls ``step()`` to
+close a step. ``record(model, x, y)`` is one forward+backward that leaves the model exactly as
+it found it. Both give the long frame of ``FRAME_COLUMNS``:
+
+- ``layer``: module path (``stage2.block3.bn1``); block boundaries use the block path
+  (``stage2.block3``) and ``stem`` for the input of the first block; parameters their full
+  name (``stage1.block1.conv1.weight``). A module called k > 1 times in one forward pass of
+  the root model is reported once per call: ``name``, ``name@2``, ..., ``name@k``.
+- ``depth``: for block boundaries (``activation_grad_*``) the number of blocks the signal has
+  passed: 0 = input of the first block (the stem output), k = output of the k-th block. For
+  layer quantities (responses, parameters) the 1-based rank of the layer's first call in the
+  forward pass among the layers of that site (parameters: by their owning module).
+- ``stage``/``block``: position of the enclosing zoo block (nullable Int64, NA elsewhere);
+  ``kind``: ``plain``/``residual`` for layers inside a zoo block, else ``other``.
+- ``value``: float64. Several batches per step: responses merge by Chan's formula (exactly the
+  statistics of the concatenated batches); gradient norms are sqrt of the sum of squares over
+  the step's batches. Parameter quantities are read once at ``step()`` (``.grad`` as it is then).
+
+Statistics stay on the tensors' device; ``step()`` moves the whole step to the CPU at once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import UserInputError
+from .probes import (
+    DEFAULT_PROBES,
+    QUANTITIES,
+    UPDATE_RATIO,
+    BoundaryBatch,
+    BoundaryStats,
+    ParameterBatch,
+    Probe,
+    ResponseBatch,
+    ResponseStats,
+    resolve_probes,
+)
+from .sites import (
+    STEM,
+    LayerSpec,
+    block_positions,
+    default_boundaries,
+    default_response_layers,
+    is_zoo,
+    position,
+    select_modules,
+    unwrap,
+)
+from .state import preserved_buffers, preserved_rng
+
+FRAME_COLUMNS = ("model", "step", "layer", "depth", "stage", "block", "kind", "quantity", "value")
+LAYER_COLUMNS = FRAME_COLUMNS[:7]
+NONFINITE_POLICIES = ("warn", "raise", "ignore")
+LOSS_REDUCTIONS = ("mean", "sum")
+__all__ = ["FRAME_COLUMNS", "QUANTITIES", "NonFiniteError", "Recorder", "record"]
+
+
+class NonFiniteError(UserInputError):
+    """A measurement or an input is NaN/Inf (raised under ``on_nonfinite="raise"``)."""
+
+
+def _report_nonfinite(message: str, policy: str) -> None:
+    if policy == "raise":
+        raise NonFiniteError(message)
+    if policy == "warn":
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _choice(option: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise UserInputError(f"{option}={value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+class Recorder:
+    """Context manager measuring ``probes`` on ``model`` step by step (see the module doc).
+
+    ``layers`` overrides the response layers (names, glob patterns or module types) and, for
+    models outside the zoo, the gradient points too unless ``boundaries`` names them.
+    ``loss_reduction`` ("mean"/"sum") is the assumption behind ``activation_grad_rms``.
+    A clean exit closes a pending step (batches seen since the last ``step()``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        probes: Sequence[str | Probe] | str | None = None,
+        layers: LayerSpec | None = None,
+        *,
+        boundaries: LayerSpec | None = None,
+        label: str | None = None,
+        on_nonfinite: str = "warn",
+        loss_reduction: str = "mean",
+    ) -> None:
+        self.model = model
+        self.module = unwrap(model)
+        self.label = label or type(self.module).__name__
+        self.probes = resolve_probes(probes)
+        self.on_nonfinite = _choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
+        self.mean_reduced = _choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS) == "mean"
+        sites = {probe.site for probe in self.probes}
+        zoo = is_zoo(self.module)
+        responses = (
+            select_modules(self.module, layers)
+            if layers is not None
+            else default_response_layers(self.module)
+        )
+        if boundaries is not None:
+            points = select_modules(self.module, boundaries)
+        elif layers is not None and not zoo:
+            points = responses
+        else:
+            points = default_boundaries(self.module, responses)
+        self.response_layers = responses if "response" in sites else []
+        self.boundary_layers = points if "boundary" in sites else []
+        self.parameter_names = (
+            [name for name, _ in self.module.named_parameters()] if "parameter" in sites else []
+        )
+        self._moments = any(p.needs_moments for p in self.probes)
+        self._extrema = any(p.needs_extrema for p in self.probes)
+        self._blocks = block_positions(self.module)
+        self._handles: list = []
+        self._active = False
+        self._response: dict[str, ResponseStats] = {}
+        self._boundary: dict[str, BoundaryStats] = {}
+        self._order: dict[tuple[str, str], int] = {}  # (site, key) -> first-call number
+        self._calls: dict[tuple[str, str], int] = {}  # per forward pass of the root
+        self._stem_pending = True
+        self._previous: list[Tensor] | None = None
+        self._grads_override: dict[str, Tensor] | None = None
+        self._steps: list[tuple[int, list[tuple[str, list[str], str]], np.ndarray]] = []
+        self.steps_done = 0
+
+    # ----- hook lifecycle -------------------------------------------------------------
+    def __enter__(self) -> Recorder:
+        if self._active:
+            raise RuntimeError("this Recorder is already active; create a new one to nest")
+        modules = dict(self.module.named_modules())
+        register = self._handles.append
+        try:
+            register(self.module.register_forward_pre_hook(self._on_root_call))
+            for name in self.response_layers:
+                register(modules[name].register_forward_hook(partial(self._on_response, name)))
+            for name in self.boundary_layers:
+                module = modules[name]
+                register(module.register_forward_pre_hook(self._on_boundary_input))
+                register(module.register_forward_hook(partial(self._on_boundary, name)))
+            if self.parameter_names:
+                for name, module in modules.items():
+                    if any(True for _ in module.parameters(recurse=False)):
+                        hook = partial(self._on_parameter_module, name)
+                        register(module.register_forward_pre_hook(hook))
+                if any(p.keeps_snapshot for p in self.probes):
+                    self._previous = [p.detach().clone() for p in self._parameters()]
+        except BaseException:
+            self._detach()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        pending = bool(self._response or self._boundary)
+        self._detach()
+        if exc_type is None and pending:
+            self.step()
+
+    def _detach(self) -> None:
+        self._active = False
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _parameters(self) -> list[Tensor]:
+        named = dict(self.module.named_parameters())
+        return [named[name] for name in self.parameter_names]
+
+    # ----- hooks --------------------------------------------------------------------
+    def _on_root_call(self, module: nn.Module, args) -> None:
+        self._calls.clear()
+        self._stem_pending = True
+
+    def _key(self, site: str, name: str) -> str:
+        calls = self._calls.get((site, name), 0) + 1
+        self._calls[(site, name)] = calls
+        key = name if calls == 1 else f"{name}@{calls}"
+        if (site, key) not in self._order:
+            self._order[(site, key)] = len(self._order)
+        return key
+
+    def _on_response(self, name: str, module: nn.Module, args, output) -> None:
+        if not isinstance(output, Tensor) or not output.is_floating_point():
+            return
+        if output.dtype in (torch.float16, torch.bfloat16):
+            output = output.float()
+        key = self._key("response", name)
+        stats = ResponseStats(output, self._moments, self._extrema)
+        if key in self._response:
+            self._response[key].merge(stats)
+        else:
+            self._response[key] = stats
+
+    def _watch_gradient(self, key: str, tensor: Tensor) -> None:
+        if (site_key := ("boundary", key)) not in self._order:
+            self._order[site_key] = len(self._order)
+        tensor.register_hook(partial(self._on_gradient, key))
+
+    def _on_boundary_input(self, module: nn.Module, args) -> None:
+        if self._stem_pending:
+            self._stem_pending = False
+            if args and isinstance(args[0], Tensor) and args[0].requires_grad:
+                self._watch_gradient(STEM, args[0])
+
+    def _on_boundary(self, name: str, module: nn.Module, args, output) -> None:
+        if isinstance(output, Tensor) and output.requires_grad:
+            self._watch_gradient(self._key("boundary", name), output)
+
+    def _on_gradient(self, key: str, grad: Tensor) -> None:
+        if not self._active:  # a graph built inside the recorder, backpropagated after exit
+            return
+        stats = BoundaryStats(grad.detach(), self.mean_reduced)
+        if key in self._boundary:
+            self._boundary[key].merge(stats)
+        else:
+            self._boundary[key] = stats
+
+    def _on_parameter_module(self, name: str, module: nn.Module, args) -> None:
+        if ("module", name) not in self._order:
+            self._order[("module", name)] = len(self._order)
+
+    # ----- closing a step -----------------------------------------------------------
+    def _batches(self) -> dict[str, object]:
+        batches: dict[str, object] = {}
+        in_order = self._order.__getitem__
+        if self._response:
+            keys = sorted(self._response, key=lambda k: in_order(("response", k)))
+            stats = [self._response[k] for k in keys]
+            device = (stats[0].mean if stats[0].mean is not None else stats[0].low).device
+
+            def stack(field: str) -> Tensor | None:
+                values = [getattr(s, field) for s in stats]
+                return None if values[0] is None else torch.stack([v.to(device) for v in values])
+
+            count = torch.tensor([float(s.count) for s in stats], device=device)
+            batches["response"] = ResponseBatch(
+                keys, count, stack("mean"), stack("m2"), stack("low"), stack("high")
+            )
+        if self._boundary:
+            keys = sorted(self._boundary, key=lambda k: in_order(("boundary", k)))
+            stats = [self._boundary[k] for k in keys]
+            device = stats[0].sumsq.device
+            batches["boundary"] = BoundaryBatch(
+                keys,
+                torch.stack([s.sumsq.to(device) for s in stats]),
+                torch.stack([s.scaled_sumsq.to(device) for s in stats]),
+                torch.tensor([float(s.samples) for s in stats], device=device),
+            )
+        if self.parameter_names:
+            params = self._parameters()
+            if self._grads_override is not None:
+                grads = self._grads_override
+            else:
+                grads = {n: p.grad for n, p in zip(self.parameter_names, params, strict=True)}
+            grad_keys = [n for n in self.parameter_names if grads.get(n) is not None]
+            batches["parameter"] = ParameterBatch(
+                self.parameter_names,
+                [p.detach() for p in params],
+                grad_keys,
+                [grads[n].detach() for n in grad_keys],
+                self._previous,
+            )
+        return batches
+
+    def step(self) -> None:
+        """Close one step: compute every probe on the device, move all values to the CPU once."""
+        batches = self._batches()
+        segments, tensors = [], []
+        for probe in self.probes:
+            batch = batches.get(probe.site)
+            if batch is None:
+                continue
+            for quantity, (keys, values) in probe.values(batch).items():
+                if keys:
+                    segments.append((probe.site, keys, quantity))
+                    tensors.append(values.detach().reshape(-1).to(torch.float64).cpu())
+        flat = torch.cat(tensors).numpy() if tensors else np.zeros(0)
+        if self._previous is not None:
+            torch._foreach_copy_(self._previous, [p.detach() for p in self._parameters()])
+        step = self.steps_done
+        self._steps.append((step, segments, flat))
+        self._response.clear()
+        self._boundary.clear()
+        self._grads_override = None
+        self.steps_done += 1
+        self._check_finite(step, segments, flat)
+
+    def _check_finite(self, step: int, segments: list, flat: np.ndarray) -> None:
+        if self.on_nonfinite == "ignore" or np.isfinite(flat).all():
+            return
+        bad, offset = [], 0
+        for _site, keys, quantity in segments:
+            values = flat[offset : offset + len(keys)]
+            offset += len(keys)
+            if quantity == UPDATE_RATIO:  # NaN by definition where ||w_{t-1}|| = 0
+                continue
+            pairs = zip(keys, values, strict=True)
+            bad += [f"{quantity} of {k} = {v}" for k, v in pairs if not np.isfinite(v)]
+        if bad:
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            message = (
+                f"{self.label}: non-finite measurements at step {step}: "
+                + "; ".join(bad[:5])
+                + more
+            )
+            _report_nonfinite(message, self.on_nonfinite)
+
+    # ----- distributed ------------------------------------------------------------
+    def all_reduce(self, group=None) -> None:
+        """Merge the pending step's statistics across torch.distributed ranks (before ``step()``).
+
+        Every rank must have seen the same layers (true for DDP replicas). Responses merge
+        by the parallel formula (counts summed, mean = sum n_r mean_r / N, M2 = sum M2_r +
+        sum n_r (mean_r - mean)^2), min/max by MIN/MAX, boundary sums of squares and sample
+        counts by SUM. Parameter quantities are not reduced (DDP already averages gradients).
+        A no-op when torch.distributed is not available or not initialised.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        world = dist.get_world_size(group)
+        for key in sorted(self._response):
+            stats = self._response[key]
+            if stats.mean is not None:
+                count = stats.mean.new_tensor(float(stats.count), dtype=torch.float64)
+                local = torch.stack([count, stats.mean.double(), stats.m2.double()])
+                gathered = [torch.empty_like(local) for _ in range(world)]
+                dist.all_gather(gathered, local, group=group)
+                counts, means, m2s = torch.stack(gathered).unbind(1)
+                total = counts.sum()
+                mean = (counts * means).sum() / total
+                m2 = m2s.sum() + (counts * (means - mean) ** 2).sum()
+                stats.mean, stats.m2 = mean.to(stats.mean.dtype), m2.to(stats.m2.dtype)
+                stats.count = int(total.item())
+            if stats.low is not None:
+                dist.all_reduce(stats.low, op=dist.ReduceOp.MIN, group=group)
+                dist.all_reduce(stats.high, op=dist.ReduceOp.MAX, group=group)
+        for key in sorted(self._boundary):
+            stats = self._boundary[key]
+            sums = torch.stack([stats.sumsq, stats.scaled_sumsq]).double()
+            sums = torch.cat([sums, torch.tensor([float(stats.samples)], device=sums.device)])
+            dist.all_reduce(sums, group=group)
+            stats.sumsq = sums[0].to(stats.sumsq.dtype)
+            stats.scaled_sumsq = sums[1].to(stats.sumsq.dtype)
+            stats.samples = int(sums[2].item())
+
+    # ----- output ---------------------------------------------------------------
+    def _depths(self) -> dict[tuple[str, str], int]:
+        """Depth of every key: boundary rank from 0, layer rank from 1 (see module doc)."""
+        depths: dict[tuple[str, str], int] = {}
+        for site, start in (("boundary", 0), ("response", 1), ("module", 1)):
+            keys = sorted((k for k in self._order if k[0] == site), key=self._order.get)
+            depths.update({k: i for i, k in enumerate(keys, start=start)})
+        modules = [name for name, m in self.module.named_modules() if m._parameters]
+        called = sum(1 for k in depths if k[0] == "module")
+        for name in modules:  # never called: after the called ones, in registration order
+            if ("module", name) not in depths:
+                called += 1
+                depths[("module", name)] = called
+        return depths
+
+    def frame(self, wide: bool = False) -> pd.DataFrame:
+        """The tidy long frame (``FRAME_COLUMNS``); ``wide=True``: one row per layer and step."""
+        depths = self._depths()
+        rows: dict[str, list] = {column: [] for column in FRAME_COLUMNS}
+        for step, segments, flat in self._steps:
+            offset = 0
+            for site, keys, quantity in segments:
+                for key in keys:
+                    if site == "parameter":
+                        depth = depths.get(("module", key.rpartition(".")[0]), 0)
+                    else:
+                        depth = depths[(site, key)]
+                    stage, block, kind = position(key, self._blocks)
+                    rows["layer"].append(key)
+                    rows["depth"].append(depth)
+                    rows["stage"].append(stage)
+                    rows["block"].append(block)
+                    rows["kind"].append(kind)
+                    rows["quantity"].append(quantity)
+                rows["value"].append(flat[offset : offset + len(keys)])
+                rows["step"] += [step] * len(keys)
+                offset += len(keys)
+        values = np.concatenate(rows["value"]) if rows["value"] else np.zeros(0)
+        frame = pd.DataFrame(
+            {
+                "model": pd.Series([self.label] * len(values), dtype=object),
+                "step": pd.Series(rows["step"], dtype="int64"),
+                "layer": pd.Series(rows["layer"], dtype=object),
+                "depth": pd.Series(rows["depth"], dtype="int64"),
+                "stage": pd.array(rows["stage"], dtype="Int64"),
+                "block": pd.array(rows["block"], dtype="Int64"),
+                "kind": pd.Series(rows["kind"], dtype=object),
+                "quantity": pd.Series(rows["quantity"], dtype=object),
+                "value": values.astype(np.float64),
+            },
+            columns=list(FRAME_COLUMNS),
+        )
+        return to_wide(frame) if wide else frame
+
+
+def to_wide(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, step, layer) and one column per quantity, from the long frame."""
+    wide = frame.pivot_table(
+        index=list(LAYER_COLUMNS), columns="quantity", values="value", dropna=False, sort=False
+    )
+    wide = wide.dropna(how="all").reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def _default_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy for integer class targets, MSE for float targets of the output's shape."""
+    if not isinstance(output, Tensor):
+        raise UserInputError(
+            f"the model returned {type(output).__name__}, not a tensor: pass loss_fn=..."
+        )
+    if not target.is_floating_point() and not target.is_complex():
+        return F.cross_entropy(output, target)
+    if target.shape == output.shape:
+        return F.mse_loss(output, target)
+    raise UserInputError(
+        f"no default loss for output {tuple(output.shape)} and float targets "
+        f"{tuple(target.shape)}: pass loss_fn=lambda output, y: ... returning a scalar"
+    )
+
+
+def _check_input(x: Tensor, policy: str) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point() or policy == "ignore":
+        return
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        nan, total = int(torch.isnan(x).sum()), x.numel()
+        inf = int((~finite).sum()) - nan
+        _report_nonfinite(
+            f"the input batch x contains {nan} NaN and {inf} Inf values (of {total}): "
+            "check the data loading and normalisation",
+            policy,
+        )
+
+
+def record(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    *,
+    probes: Sequence[str | Probe] | str | None = None,
+    layers: LayerSpec | None = None,
+    boundaries: LayerSpec | None = None,
+    label: str | None = None,
+    on_nonfinite: str = "warn",
+    loss_reduction: str = "mean",
+) -> pd.DataFrame:
+    """One forward + backward of ``model`` on (x, y) measured by a Recorder; model untouched.
+
+    Runs in the model's current mode (train mode: BN uses batch statistics, as in training),
+    then restores BN running statistics, the global RNG state and leaves ``.grad`` alone
+    (parameter gradients come from ``torch.autograd.grad``). Loss: ``loss_fn(output, y)``, else
+    cross-entropy for integer targets, MSE for float targets shaped like the output. Without
+    y and loss_fn only forward quantities are recorded (no loss is made up from the output).
+    Default probes: all but ``update_ratio`` (a single pass has no update).
+    """
+    if probes is None:
+        probes = [name for name in DEFAULT_PROBES if name != UPDATE_RATIO]
+    _check_input(x, on_nonfinite)
+    module = unwrap(model)
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    backward = y is not None or loss_fn is not None
+    recorder = Recorder(
+        model,
+        probes,
+        layers,
+        boundaries=boundaries,
+        label=label,
+        on_nonfinite=on_nonfinite,
+        loss_reduction=loss_reduction,
+    )
+    with preserved_rng(), preserved_buffers(module), torch.set_grad_enabled(backward), recorder:
+        inputs = x
+        if backward and isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad:
+            inputs = x.detach().requires_grad_(True)  # so the input of a first block has dL/dz
+        output = model(inputs)
+        recorder._grads_override = {}  # never read the user's .grad (or write it)
+        if backward:
+            loss = loss_fn(output, y) if loss_fn is not None else _default_loss(output, y)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise UserInputError("loss_fn must return a scalar tensor")
+            sources = [p for _, p in named] + ([inputs] if inputs.requires_grad else [])
+            if loss.requires_grad and sources:
+                grads = torch.autograd.grad(loss, sources, allow_unused=True)
+                recorder._grads_override = {
+                    n: g for (n, _), g in zip(named, grads, strict=False) if g is not None
+                }
+        recorder.step()
+    return recorder.frame()
