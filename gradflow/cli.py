@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import UserInputError
+from .train_cli import add_train_parser
 
 EXIT_USER_ERROR = 2
 
@@ -197,6 +198,7 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_models_parser,
     add_analyze_parser,
+    add_train_parser,
 ]
 
 
