@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -39,14 +38,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    columns_to_frame,
+    frame_to_columns,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .data import BatchLoader, ImageDataset, load_dataset, train_val_split
+from .distributed import World, setup_world, weights_spread
 from .errors import UserInputError
 from .io import atomic_path, write_frame, write_text
 from .models import create_model
 
 HISTORY_COLUMNS = ("model", "step", "split", "quantity", "value")
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
 # Settings that may change on --resume: where and how it runs, not what it computes.
 RESUMABLE_CHANGES = ("resume", "out_dir", "device", "progress", "data_dir", "download")
 
@@ -133,49 +139,6 @@ class TrainResult:
         return float(rows.value.iloc[-1])
 
 
-# ----- distributed ---------------------------------------------------------------------
-@dataclass
-class _World:
-    rank: int = 0
-    size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    def sum(self, values: Tensor) -> Tensor:
-        """Sum over ranks (identity in one process)."""
-        if self.distributed:
-            dist.all_reduce(values)
-        return values
-
-
-def _setup_world(device: str) -> _World:
-    """Join the torch.distributed group torchrun describes (WORLD_SIZE > 1), pick the device."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as err:
-        raise UserInputError(f"bad --device {device!r}: {err}") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(f"--device {device} asked for, but CUDA is not available")
-    if chosen.type == "cuda" and chosen.index is None:
-        chosen = torch.device("cuda", local_rank)
-    if chosen.type == "cuda":
-        torch.cuda.set_device(chosen)
-    if size == 1:
-        return _World(device=chosen)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    return _World(dist.get_rank(), dist.get_world_size(), chosen, owns)
-
-
 # ----- data and evaluation ----------------------------------------------------------------
 def _datasets(config: TrainConfig) -> tuple[ImageDataset, dict[str, ImageDataset]]:
     """(training set, {split: evaluation set}) as the config asks."""
@@ -195,7 +158,7 @@ def _datasets(config: TrainConfig) -> tuple[ImageDataset, dict[str, ImageDataset
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: ImageDataset, world: _World, batch_size: int) -> Tensor:
+def evaluate(model: nn.Module, dataset: ImageDataset, world: World, batch_size: int) -> Tensor:
     """[wrong, summed loss, count] over ``dataset`` in eval mode, summed over ranks' shards."""
     was_training = model.training
     model.eval()
@@ -238,36 +201,6 @@ def _rows(label: str, step: int, split: str, sums: Tensor) -> list[dict]:
 
 
 # ----- checkpoints ------------------------------------------------------------------------
-def _frame_to_columns(frame: pd.DataFrame) -> dict[str, list]:
-    """A frame as plain lists (what ``torch.load(weights_only=True)`` accepts)."""
-    return {c: [None if pd.isna(v) else v for v in frame[c].tolist()] for c in frame.columns}
-
-
-def _columns_to_frame(columns: dict[str, list]) -> pd.DataFrame:
-    frame = pd.DataFrame(columns)
-    for column in ("stage", "block"):  # the Recorder's nullable integer columns
-        if column in frame:
-            frame[column] = pd.array(frame[column], dtype="Int64")
-    return frame
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by ``save_checkpoint`` (tensors and plain Python only)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file
-        raise UserInputError(f"cannot load checkpoint {path}: {err}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserInputError(f"{path} is not a gradflow training checkpoint")
-    return state
-
-
 def _check_same_run(saved: dict, config: TrainConfig, path: Path) -> None:
     current = _config_dict(config)
     changed = [
@@ -300,7 +233,7 @@ def _maybe_recording(model: nn.Module, label: str, active: bool) -> Iterator[obj
         yield recorder
 
 
-def _progress(config: TrainConfig, world: _World, start: int):
+def _progress(config: TrainConfig, world: World, start: int):
     show = config.progress and world.rank == 0 and sys.stderr.isatty()
     if not show:
         return None
@@ -314,7 +247,7 @@ def _progress(config: TrainConfig, world: _World, start: int):
 def train(config: TrainConfig) -> TrainResult:
     """Train ``config.model`` on ``config.data`` with the paper's recipe; see the module doc."""
     config.validate()
-    world = _setup_world(config.device)
+    world = setup_world(config.device)
     try:
         return _train(config, world)
     finally:
@@ -322,7 +255,7 @@ def train(config: TrainConfig) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, world: _World) -> TrainResult:
+def _train(config: TrainConfig, world: World) -> TrainResult:
     started = time.perf_counter()
     label = config.label or config.model
     out_dir = Path(config.out_dir) if config.out_dir else None
@@ -368,7 +301,7 @@ def _train(config: TrainConfig, world: _World) -> TrainResult:
         interval = state["interval"].to(world.device)
         history = pd.DataFrame(state["history"]).to_dict("records")
         if state["records"]:
-            records = [_columns_to_frame(state["records"])]
+            records = [columns_to_frame(state["records"])]
         torch.set_rng_state(state["rng_cpu"])
         if state.get("rng_cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -383,7 +316,7 @@ def _train(config: TrainConfig, world: _World) -> TrainResult:
             "warming_up": warming_up,
             "interval": interval.cpu(),
             "history": pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_dict("list"),
-            "records": _frame_to_columns(_concat(records)) if records else {},
+            "records": frame_to_columns(_concat(records)) if records else {},
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -480,18 +413,6 @@ def _write_frames(out_dir: Path, history: list[dict], records: list[pd.DataFrame
         write_frame(_concat(records), out_dir, "records")
 
 
-def _weights_spread(core: nn.Module, world: _World) -> float:
-    """max |w_rank - w_rank0| over parameters and ranks (0.0: the replicas are in sync)."""
-    if not world.distributed:
-        return 0.0
-    flat = nn.utils.parameters_to_vector(core.parameters()).detach()
-    reference = flat.clone()
-    dist.broadcast(reference, 0)
-    spread = (flat - reference).abs().max().double()
-    dist.all_reduce(spread, op=dist.ReduceOp.MAX)
-    return float(spread)
-
-
 def _meta(config, world, train_set, evaluation, history, core, started, resumed_from) -> dict:
     finals = history[history.quantity == "error"].groupby("split").value.last().to_dict()
     return {
@@ -506,7 +427,7 @@ def _meta(config, world, train_set, evaluation, history, core, started, resumed_
         },
         "final_error_percent": finals,
         "world_size": world.size,
-        "max_weight_difference_across_ranks": _weights_spread(core, world),
+        "max_weight_difference_across_ranks": weights_spread(core, world),
         "device": str(world.device),
         "resumed_from_iteration": resumed_from,
         "wall_seconds_this_process": round(time.perf_counter() - started, 3),
