@@ -193,8 +193,14 @@ def _full_depth_spectrum(spectra_summary: pd.DataFrame, model: str, step: int) -
 # ------------------------------------------------------------------------------ running
 
 
-def build_model(name: str, dataset, init: str | None, device: torch.device) -> nn.Module:
-    """Create ``name`` for the data set's channels and classes (zoo, torchvision or file)."""
+def build_model(
+    name: str, dataset, init: str | None, device: torch.device, seed: int = 0
+) -> nn.Module:
+    """Create ``name`` for the data set's channels and classes (zoo, torchvision or file).
+
+    The weights are drawn after ``torch.manual_seed(seed)``, as ``gradflow train`` does, so
+    the same seed gives the same initial model here and in a training run.
+    """
     from .models import create_model
 
     options = {"num_classes": dataset.num_classes, "in_channels": dataset.channels}
@@ -207,6 +213,7 @@ def build_model(name: str, dataset, init: str | None, device: torch.device) -> n
             from .models.external import accepted_options
 
             options = accepted_options(name, options)
+    torch.manual_seed(seed)
     return create_model(name, **options).to(device)
 
 
@@ -285,7 +292,10 @@ def _run(config: AnalysisConfig) -> AnalysisResult:
     dataset = load_dataset(config.data, data_dir=config.data_dir)
     x, y = dataset.batch(config.batch_size, seed=config.seed)
     x, y = x.to(device), y.to(device)
-    models = {name: build_model(name, dataset, config.init, device) for name in config.models}
+    rng_state = torch.random.get_rng_state()
+    models = {
+        name: build_model(name, dataset, config.init, device, config.seed) for name in config.models
+    }
     phases = ["record", "spectra"] + (["train", "record", "spectra"] if config.steps else [])
     bar = tqdm(
         total=len(models) * len(phases),
@@ -295,7 +305,6 @@ def _run(config: AnalysisConfig) -> AnalysisResult:
         file=sys.stderr,
     )
     records, spectra = [], []
-    rng_state = torch.random.get_rng_state()
     try:
         for name, model in models.items():
             if config.checkpoint:
@@ -309,11 +318,17 @@ def _run(config: AnalysisConfig) -> AnalysisResult:
                 elif phase == "spectra":
                     torch.manual_seed(config.seed)
                     frame = block_spectra(
-                        model, x[: config.samples], k=config.k, depths=config.depths, label=name
+                        model,
+                        x,
+                        k=config.k,
+                        depths=_depths(config.depths),
+                        samples=config.samples,
+                        model_name=name,
+                        seed=config.seed,
                     )
                     spectra.append(frame.assign(step=step))
                 else:
-                    _train_steps(model, dataset, config, device)
+                    model = _trained(name, config, device)
                     step = config.steps
                 bar.update()
     finally:
@@ -321,24 +336,52 @@ def _run(config: AnalysisConfig) -> AnalysisResult:
         torch.random.set_rng_state(rng_state)
     records_frame = pd.concat(records, ignore_index=True)
     spectra_frame = pd.concat(spectra, ignore_index=True)
-    spectra_summary = summarize_spectra(spectra_frame, by=["step"])
+    spectra_summary = pd.concat(
+        [summarize_spectra(part).assign(step=step) for step, part in spectra_frame.groupby("step")],
+        ignore_index=True,
+    )
     summary = summarize(records_frame, spectra_summary)
     meta = _meta(config, dataset, time.time() - started)
     return AnalysisResult(records_frame, spectra_frame, spectra_summary, summary, meta)
 
 
-def _train_steps(model: nn.Module, dataset, config: AnalysisConfig, device) -> None:
-    """Train ``config.steps`` iterations in place with the paper's recipe (gradflow.train)."""
-    from .train import train_model
+def _trained(name: str, config: AnalysisConfig, device: torch.device) -> nn.Module:
+    """``name`` after ``config.steps`` iterations of the paper's recipe (gradflow.train).
 
-    train_model(
-        model,
-        dataset,
-        iterations=config.steps,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        device=device,
+    The trainer draws the initial weights with the same seed as ``build_model``, so the
+    analysis at step 0 and at step N follow one run. The lr schedule spans the N steps.
+    """
+    from .train import TrainConfig, train
+
+    result = train(
+        TrainConfig(
+            model=name,
+            init=config.init,
+            data=config.data,
+            data_dir=config.data_dir,
+            iterations=config.steps,
+            batch_size=config.batch_size,
+            eval_every=config.steps,
+            record_every=0,
+            checkpoint_every=0,
+            seed=config.seed,
+            device=str(device),
+            progress=False,
+        )
     )
+    return result.model
+
+
+def _depths(depths: str) -> str | list[int]:
+    """--depths: "auto", "all" or a comma list of 1-based block numbers."""
+    if depths in ("auto", "all"):
+        return depths
+    try:
+        return [int(d) for d in depths.split(",") if d.strip()]
+    except ValueError:
+        raise UserInputError(
+            f"--depths {depths!r}: use auto, all or block numbers like 1,9,18,27"
+        ) from None
 
 
 def _device(name: str) -> torch.device:

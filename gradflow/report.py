@@ -85,30 +85,37 @@ def cumulative_spectra_figure(summary: pd.DataFrame) -> plt.Figure:
     """Singular values of the cumulative Jacobian (input -> output of block k) vs depth k.
 
     A band spans the smallest to the largest computed singular value (averaged over probe
-    samples in log space); the line is the median where the summary has one.
+    samples in log space). The dashed line is the median where the whole spectrum was
+    computed, else the RMS singular value sqrt(||J||_F^2 / dim) from Hutchinson's estimate.
     """
     paper_style()
     data = summary[summary["operator"] == "prod"]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     palette = dict(zip(data["model"].unique(), sns.color_palette(n_colors=8), strict=False))
+    centre_label = "median"
     keys = ["model", "step"] if "step" in data and data["step"].nunique() > 1 else ["model"]
     for key, group in data.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         label = " ".join(str(k) if i == 0 else f"step {k}" for i, k in enumerate(key))
-        per_depth = group.groupby("depth")[["smallest", "largest", "median"]].agg(_geomean)
+        group = group.assign(rms=np.sqrt(group.get("mean_sq_estimate", np.nan)))
+        columns = ["smallest", "largest", "median", "rms"]
+        per_depth = group.groupby("depth")[columns].agg(_geomean)
+        centre = "median" if per_depth["median"].notna().all() else "rms"
         color = palette[key[0]]
         ax.fill_between(
             per_depth.index, per_depth["smallest"], per_depth["largest"], color=color, alpha=0.2
         )
         ax.plot(per_depth.index, per_depth["largest"], color=color, lw=0.8, label=f"{label}")
         ax.plot(per_depth.index, per_depth["smallest"], color=color, lw=0.8)
-        if per_depth["median"].notna().any():
-            ax.plot(per_depth.index, per_depth["median"], color=color, lw=1.6, ls="--")
+        if per_depth[centre].notna().any():
+            ax.plot(per_depth.index, per_depth[centre], color=color, lw=1.6, ls="--")
+            centre_label = "median" if centre == "median" else "RMS singular value"
     ax.set_yscale("log")
     ax.set_xlabel("depth k (map from the input to the output of block k)")
     ax.set_ylabel("singular values of the cumulative Jacobian")
     ax.set_title(r"$\prod J_H$ (plain) vs $\prod (I + J_F)$ (residual): band = smallest..largest")
-    ax.legend(title="model (dashed: median)", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title=f"model (dashed: {centre_label})", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -139,7 +146,8 @@ def block_spectra_figure(spectra: pd.DataFrame) -> plt.Figure:
             linewidth=0.6,
             hue_order=[o for o in order if o in set(part["operator"])],
         )
-        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_yscale("symlog", linthresh=1e-2)  # J_F of a zero-gamma block is exactly 0
+        ax.set_ylim(bottom=0)
         ax.set_ylabel("singular values")
         ax.set_title(f"{model}: singular values of each block's Jacobian at its input")
         ax.legend(fontsize="small", loc="upper right")

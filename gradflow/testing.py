@@ -163,7 +163,9 @@ def assert_dynamical_isometry(
 
     if isinstance(model_or_fn, nn.Module) and hasattr(model_or_fn, "blocks"):
         last = depth or len(model_or_fn.blocks())
-        spectra = block_spectra(model_or_fn, x[:1], k=k, depths=[last], operators=["prod"])
+        spectra = block_spectra(
+            model_or_fn, x[:1], k=k, depths=[last], samples=1, operators=["prod"]
+        )
         sigma = spectra[(spectra["operator"] == "prod") & (spectra["depth"] == last)]["sigma"]
         what = f"the cumulative Jacobian from the input to block {last}"
         frame = spectra
