@@ -25,6 +25,13 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (BN running statistics) to every rank, as DDP does before
+        each forward; after a train-mode forward each rank holds its own shard's statistics."""
+        if self.distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, 0)
+
     def sum(self, values: Tensor) -> Tensor:
         """Sum over ranks (identity in one process)."""
         if self.distributed:

@@ -8,9 +8,10 @@ padding, random crop and horizontal flip.
 Logged into a tidy ``history`` frame (model, step, split, quantity, value) every
 ``eval_every`` iterations: the *training* error and loss are running averages over the
 augmented batches seen since the previous log (train-mode BN, weights moving), the
-test/validation error and loss a full pass in eval mode. Every ``record_every`` iterations
-the Recorder measures that iteration's forward/backward/update, so curves of response std,
-gradient norms and update ratios over training come with no overhead on other iterations.
+test/validation error and loss a full pass in eval mode; ``lr`` is the rate of the last
+iteration of the interval. Every ``record_every`` iterations the Recorder measures that
+iteration's forward/backward/update, so curves of response std, gradient norms and update
+ratios over training come with no overhead on the other iterations.
 
 Exact resume: batch ``i`` depends only on (seed, i) (``BatchLoader``), and a checkpoint holds
 the model, optimiser, warm-up state, the running sums of the current log interval, the RNG
@@ -161,6 +162,7 @@ def _datasets(config: TrainConfig) -> tuple[ImageDataset, dict[str, ImageDataset
 def evaluate(model: nn.Module, dataset: ImageDataset, world: World, batch_size: int) -> Tensor:
     """[wrong, summed loss, count] over ``dataset`` in eval mode, summed over ranks' shards."""
     was_training = model.training
+    world.broadcast_buffers(model)  # every rank evaluates rank 0's (= the saved) model
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=world.device)
     indices = torch.arange(world.rank, len(dataset), world.size)
