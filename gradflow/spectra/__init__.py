@@ -1,0 +1,24 @@
+"""Jacobian spectra: singular values of blocks and of cumulative products, exact and fast.
+
+``singular_values`` (any tensor function at a point), ``spectral_density`` /
+``frobenius_norm`` (whole-spectrum estimates), ``block_spectra`` (per block J_H, I+J_F, J_F
+and cumulative ``prod``, as a tidy frame) and ``summarize_spectra``.
+"""
+
+from .blocks import block_spectra, calibrated_copy, summarize_spectra
+from .density import FrobeniusEstimate, density_summary, frobenius_norm, spectral_density
+from .operators import JacobianOperator
+from .solvers import SpectrumResult, singular_values
+
+__all__ = [
+    "FrobeniusEstimate",
+    "JacobianOperator",
+    "SpectrumResult",
+    "block_spectra",
+    "calibrated_copy",
+    "density_summary",
+    "frobenius_norm",
+    "singular_values",
+    "spectral_density",
+    "summarize_spectra",
+]
