@@ -106,6 +106,17 @@ def test_idx_pad_to_32_pads_with_background_zeros(tmp_path):
     assert "padded to 32x32" in padded.description
 
 
+def test_test_split_statistics_follow_changed_training_files(tmp_path):
+    make_idx_dir(tmp_path, gz=False)
+    before = load_dataset("fashion-mnist", data_dir=tmp_path, split="test").mean
+    images = np.full((30, 28, 28), 200, np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(29, np.uint8))  # new size
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(30, np.uint8))
+    after = load_dataset("fashion-mnist", data_dir=tmp_path, split="test").mean
+    assert before != after and after[0] == pytest.approx(200 / 255, abs=1e-12)
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [

@@ -24,7 +24,13 @@ from torch import Tensor
 
 from ..errors import UserInputError
 from .augment import BatchLoader, pad_crop_flip, seeded_generator
-from .formats import FASHION_MNIST_DIR, download_cifar10, read_cifar_split, read_idx_split
+from .formats import (
+    CIFAR_FOLDER,
+    FASHION_MNIST_DIR,
+    download_cifar10,
+    read_cifar_split,
+    read_idx_split,
+)
 from .synthetic import DEFAULT_SIZES, synthetic_images
 
 DATASETS = ("synthetic", "fashion-mnist", "cifar10")
@@ -158,13 +164,17 @@ def _pad(raw: Tensor, pad_to: int | None) -> Tensor:
 
 
 def _file_key(directory: Path) -> tuple:
-    """Identity of a data directory's contents (names, sizes, mtimes) for the stats cache."""
-    try:
-        return tuple(
-            sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*"))
-        )
-    except OSError:
-        return ()
+    """Identity of the files a loader may read (names, sizes, mtimes), for the stats cache.
+
+    Only the directory and the sub-folders the loaders look into, never a recursive walk
+    (a user may point --data-dir at a large tree)."""
+    entries = []
+    for folder in (directory, directory / CIFAR_FOLDER, directory / "FashionMNIST" / "raw"):
+        try:
+            entries += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()]
+        except OSError:
+            continue
+    return tuple(sorted(entries))
 
 
 def _read_raw(
