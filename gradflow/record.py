@@ -139,6 +139,7 @@ class Recorder:
         self._calls: dict[tuple[str, str], int] = {}  # per forward pass of the root
         self._stem_pending = True
         self._previous: list[Tensor] | None = None
+        self._owners: list[tuple[nn.Module, str]] | None = None
         self._grads_override: dict[str, Tensor] | None = None
         self._steps: list[tuple[int, list[tuple[str, list[str], str]], np.ndarray]] = []
         self.steps_done = 0
@@ -182,8 +183,15 @@ class Recorder:
             self._handles.pop().remove()
 
     def _parameters(self) -> list[Tensor]:
-        named = dict(self.module.named_parameters())
-        return [named[name] for name in self.parameter_names]
+        """Current parameter tensors by name (looked up through their owners: a replaced
+        parameter is seen), without walking the module tree every step."""
+        if self._owners is None:
+            modules = dict(self.module.named_modules())
+            self._owners = [
+                (modules[owner], attr)
+                for owner, _, attr in (name.rpartition(".") for name in self.parameter_names)
+            ]
+        return [module._parameters[attr] for module, attr in self._owners]
 
     # ----- hooks --------------------------------------------------------------------
     def _on_root_call(self, module: nn.Module, args) -> None:
@@ -199,7 +207,7 @@ class Recorder:
         return key
 
     def _on_response(self, name: str, module: nn.Module, args, output) -> None:
-        if not isinstance(output, Tensor) or not output.is_floating_point():
+        if not isinstance(output, Tensor) or not output.is_floating_point() or not output.numel():
             return
         if output.dtype in (torch.float16, torch.bfloat16):
             output = output.float()
@@ -294,8 +302,8 @@ class Recorder:
                     segments.append((probe.site, keys, quantity))
                     tensors.append(values.detach().reshape(-1).to(torch.float64).cpu())
         flat = torch.cat(tensors).numpy() if tensors else np.zeros(0)
-        if self._previous is not None:
-            torch._foreach_copy_(self._previous, [p.detach() for p in self._parameters()])
+        if self._previous is not None and "parameter" in batches:
+            torch._foreach_copy_(self._previous, batches["parameter"].params)
         step = self.steps_done
         self._steps.append((step, segments, flat))
         self._response.clear()
