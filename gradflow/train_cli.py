@@ -39,9 +39,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a model with the paper's recipe (resumable, DDP under torchrun)",
         description=(
-            "Train a zoo model with He et al.'s CIFAR recipe: SGD lr 0.1, momentum 0.9, weight "
-            "decay 1e-4, batch 128, lr / 10 at 50% and 75% of the iterations, 4-pixel pad + "
-            "random crop + flip. Logs train/test error and Recorder statistics as tidy frames."
+            "Train a zoo model with He et al.'s CIFAR recipe: SGD lr 0.1, momentum 0.9,\n"
+            "weight decay 1e-4, batch 128, lr / 10 at 50% and 75% of the iterations,\n"
+            "4-pixel pad + random crop + flip. Logs train/test error (%) and Recorder\n"
+            "statistics as tidy frames; resumable; DDP under torchrun."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -62,7 +63,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     data.add_argument(
         "--data-dir",
-        help="where the files are (fashion-mnist default: /usr/share/datasets/fashion-mnist); "
+        help="where the files are (fashion-mnist default: /usr/share/datasets/fashion-mnist, "
+        "cifar10: $GRADFLOW_CIFAR10 or ~/.cache/gradflow/cifar10); "
         "e.g. --data-dir ~/data/cifar-10-batches-py",
     )
     data.add_argument(
