@@ -87,6 +87,10 @@ def _choice(option: str, value: str, allowed: Sequence[str]) -> str:
 class Recorder:
     """Context manager measuring ``probes`` on ``model`` step by step (see the module doc).
 
+    ``probes``: names of ``gradflow.probes.PROBES`` or Probe instances; default all of them:
+    response_std/mean/absmax, activation_grad_norm (with activation_grad_rms),
+    param_grad_norm, weight_norm and update_ratio (which keeps one copy of the parameters
+    to compare with at the next step; everything else is O(number of layers) scalars).
     ``layers`` overrides the response layers (names, glob patterns or module types) and, for
     models outside the zoo, the gradient points too unless ``boundaries`` names them.
     ``loss_reduction`` ("mean"/"sum") is the assumption behind ``activation_grad_rms``.
@@ -138,6 +142,7 @@ class Recorder:
         self._order: dict[tuple[str, str], int] = {}  # (site, key) -> first-call number
         self._calls: dict[tuple[str, str], int] = {}  # per forward pass of the root
         self._stem_pending = True
+        self._batch_seen = False  # a forward pass of the root since the last step()
         self._previous: list[Tensor] | None = None
         self._owners: list[tuple[nn.Module, str]] | None = None
         self._grads_override: dict[str, Tensor] | None = None
@@ -172,7 +177,7 @@ class Recorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        pending = bool(self._response or self._boundary)
+        pending = self._batch_seen or bool(self._response or self._boundary)
         self._detach()
         if exc_type is None and pending:
             self.step()
@@ -195,6 +200,7 @@ class Recorder:
 
     # ----- hooks --------------------------------------------------------------------
     def _on_root_call(self, module: nn.Module, args) -> None:
+        self._batch_seen = True
         self._calls.clear()
         self._stem_pending = True
 
@@ -300,8 +306,8 @@ class Recorder:
             for quantity, (keys, values) in probe.values(batch).items():
                 if keys:
                     segments.append((probe.site, keys, quantity))
-                    tensors.append(values.detach().reshape(-1).to(torch.float64).cpu())
-        flat = torch.cat(tensors).numpy() if tensors else np.zeros(0)
+                    tensors.append(values.detach().reshape(-1))
+        flat = _to_numpy(tensors)
         if self._previous is not None and "parameter" in batches:
             torch._foreach_copy_(self._previous, batches["parameter"].params)
         step = self.steps_done
@@ -309,6 +315,7 @@ class Recorder:
         self._response.clear()
         self._boundary.clear()
         self._grads_override = None
+        self._batch_seen = False
         self.steps_done += 1
         self._check_finite(step, segments, flat)
 
@@ -425,6 +432,16 @@ class Recorder:
             columns=list(FRAME_COLUMNS),
         )
         return to_wide(frame) if wide else frame
+
+
+def _to_numpy(tensors: list[Tensor]) -> np.ndarray:
+    """All values of a step as float64 numpy: one concatenation per device, one transfer."""
+    if not tensors:
+        return np.zeros(0)
+    device = tensors[0].device
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    flat = torch.cat([t.to(device, dtype) for t in tensors])
+    return flat.cpu().numpy().astype(np.float64)
 
 
 def to_wide(frame: pd.DataFrame) -> pd.DataFrame:

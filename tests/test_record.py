@@ -321,3 +321,13 @@ def test_default_loss_choices_and_errors():
         record(model, x, target, loss_fn=lambda out, t: out - t)
     custom = record(model, x, target, loss_fn=lambda out, t: (out - t).abs().sum())
     assert not custom.empty
+
+
+def test_clean_exit_closes_a_pending_step():
+    model = mlp()
+    with Recorder(model, ["response_std", "param_grad_norm"]) as rec:
+        F.cross_entropy(model(torch.randn(4, 5)), torch.randint(0, 3, (4,))).backward()
+    frame = rec.frame()
+    assert rec.steps_done == 1 and (frame.step == 0).all()
+    assert set(frame.quantity) == {"response_std", "param_grad_norm"}
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
