@@ -283,6 +283,64 @@ class UpdateRatio(Probe):
         return {UPDATE_RATIO: (batch.keys, ratio)}
 
 
+def all_reduce_stats(
+    responses: list[ResponseStats], boundaries: list[BoundaryStats], group=None
+) -> None:
+    """Merge per-layer statistics in place across torch.distributed ranks (same layer order).
+
+    Responses: counts summed, mean = sum_r n_r mean_r / N, M2 = sum_r M2_r + sum_r n_r
+    (mean_r - mean)^2 (one all_gather), min/max by one MAX all_reduce of (-min, max);
+    boundaries: sums of squares and sample counts by one SUM all_reduce. No-op when
+    torch.distributed is not available or not initialised.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with_moments = [s for s in responses if s.mean is not None]
+    if with_moments:
+        f64 = torch.float64  # counts beyond 2^24 are not exact in float32
+        local = torch.stack(
+            [
+                torch.stack([s.mean.new_tensor(float(s.count), dtype=f64) for s in with_moments]),
+                torch.stack([s.mean for s in with_moments]).to(f64),
+                torch.stack([s.m2 for s in with_moments]).to(f64),
+            ]
+        )
+        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, local, group=group)
+        counts, means, m2s = torch.stack(gathered).unbind(1)  # each (world, layers)
+        total = counts.sum(0)
+        mean = (counts * means).sum(0) / total
+        m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
+        for i, stats in enumerate(with_moments):
+            stats.mean, stats.m2 = mean[i].to(stats.mean.dtype), m2[i].to(stats.m2.dtype)
+    with_extrema = [s for s in responses if s.low is not None]
+    if with_extrema:
+        extremes = torch.stack([torch.stack([-s.low, s.high]) for s in with_extrema])
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX, group=group)
+        for stats, (low, high) in zip(with_extrema, extremes, strict=True):
+            stats.low, stats.high = -low, high
+    if with_moments:
+        for stats, count in zip(with_moments, total.tolist(), strict=True):
+            stats.count = int(count)
+    if boundaries:
+        f64 = torch.float64
+        sums = torch.stack(
+            [
+                torch.stack([s.sumsq for s in boundaries]).to(f64),
+                torch.stack([s.scaled_sumsq for s in boundaries]).to(f64),
+                torch.stack([s.sumsq.new_tensor(float(s.samples), dtype=f64) for s in boundaries]),
+            ]
+        )
+        dist.all_reduce(sums, group=group)
+        samples = sums[2].tolist()
+        for i, stats in enumerate(boundaries):
+            stats.sumsq = sums[0, i].to(stats.sumsq.dtype)
+            stats.scaled_sumsq = sums[1, i].to(stats.sumsq.dtype)
+            stats.samples = int(samples[i])
+
+
 PROBES: dict[str, type[Probe]] = {
     cls.name: cls
     for cls in (

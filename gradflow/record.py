@@ -45,26 +45,37 @@ from .probes import (
     Probe,
     ResponseBatch,
     ResponseStats,
+    all_reduce_stats,
     resolve_probes,
 )
 from .sites import (
+    FRAME_COLUMNS,
+    LAYER_COLUMNS,
     STEM,
     LayerSpec,
     block_positions,
+    build_frame,
     default_boundaries,
     default_response_layers,
+    depth_ranks,
     is_zoo,
-    position,
     select_modules,
+    to_wide,
     unwrap,
 )
 from .state import preserved_buffers, preserved_rng
 
-FRAME_COLUMNS = ("model", "step", "layer", "depth", "stage", "block", "kind", "quantity", "value")
-LAYER_COLUMNS = FRAME_COLUMNS[:7]
 NONFINITE_POLICIES = ("warn", "raise", "ignore")
 LOSS_REDUCTIONS = ("mean", "sum")
-__all__ = ["FRAME_COLUMNS", "QUANTITIES", "NonFiniteError", "Recorder", "record"]
+__all__ = [
+    "FRAME_COLUMNS",
+    "LAYER_COLUMNS",
+    "QUANTITIES",
+    "NonFiniteError",
+    "Recorder",
+    "record",
+    "to_wide",
+]
 
 
 class NonFiniteError(UserInputError):
@@ -349,88 +360,17 @@ class Recorder:
         counts by SUM. Parameter quantities are not reduced (DDP already averages gradients).
         A no-op when torch.distributed is not available or not initialised.
         """
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        world = dist.get_world_size(group)
-        for key in sorted(self._response):
-            stats = self._response[key]
-            if stats.mean is not None:
-                count = stats.mean.new_tensor(float(stats.count), dtype=torch.float64)
-                local = torch.stack([count, stats.mean.double(), stats.m2.double()])
-                gathered = [torch.empty_like(local) for _ in range(world)]
-                dist.all_gather(gathered, local, group=group)
-                counts, means, m2s = torch.stack(gathered).unbind(1)
-                total = counts.sum()
-                mean = (counts * means).sum() / total
-                m2 = m2s.sum() + (counts * (means - mean) ** 2).sum()
-                stats.mean, stats.m2 = mean.to(stats.mean.dtype), m2.to(stats.m2.dtype)
-                stats.count = int(total.item())
-            if stats.low is not None:
-                dist.all_reduce(stats.low, op=dist.ReduceOp.MIN, group=group)
-                dist.all_reduce(stats.high, op=dist.ReduceOp.MAX, group=group)
-        for key in sorted(self._boundary):
-            stats = self._boundary[key]
-            sums = torch.stack([stats.sumsq, stats.scaled_sumsq]).double()
-            sums = torch.cat([sums, torch.tensor([float(stats.samples)], device=sums.device)])
-            dist.all_reduce(sums, group=group)
-            stats.sumsq = sums[0].to(stats.sumsq.dtype)
-            stats.scaled_sumsq = sums[1].to(stats.sumsq.dtype)
-            stats.samples = int(sums[2].item())
+        all_reduce_stats(
+            [self._response[k] for k in sorted(self._response)],
+            [self._boundary[k] for k in sorted(self._boundary)],
+            group,
+        )
 
     # ----- output ---------------------------------------------------------------
-    def _depths(self) -> dict[tuple[str, str], int]:
-        """Depth of every key: boundary rank from 0, layer rank from 1 (see module doc)."""
-        depths: dict[tuple[str, str], int] = {}
-        for site, start in (("boundary", 0), ("response", 1), ("module", 1)):
-            keys = sorted((k for k in self._order if k[0] == site), key=self._order.get)
-            depths.update({k: i for i, k in enumerate(keys, start=start)})
-        modules = [name for name, m in self.module.named_modules() if m._parameters]
-        called = sum(1 for k in depths if k[0] == "module")
-        for name in modules:  # never called: after the called ones, in registration order
-            if ("module", name) not in depths:
-                called += 1
-                depths[("module", name)] = called
-        return depths
-
     def frame(self, wide: bool = False) -> pd.DataFrame:
         """The tidy long frame (``FRAME_COLUMNS``); ``wide=True``: one row per layer and step."""
-        depths = self._depths()
-        rows: dict[str, list] = {column: [] for column in FRAME_COLUMNS}
-        for step, segments, flat in self._steps:
-            offset = 0
-            for site, keys, quantity in segments:
-                for key in keys:
-                    if site == "parameter":
-                        depth = depths.get(("module", key.rpartition(".")[0]), 0)
-                    else:
-                        depth = depths[(site, key)]
-                    stage, block, kind = position(key, self._blocks)
-                    rows["layer"].append(key)
-                    rows["depth"].append(depth)
-                    rows["stage"].append(stage)
-                    rows["block"].append(block)
-                    rows["kind"].append(kind)
-                    rows["quantity"].append(quantity)
-                rows["value"].append(flat[offset : offset + len(keys)])
-                rows["step"] += [step] * len(keys)
-                offset += len(keys)
-        values = np.concatenate(rows["value"]) if rows["value"] else np.zeros(0)
-        frame = pd.DataFrame(
-            {
-                "model": pd.Series([self.label] * len(values), dtype=object),
-                "step": pd.Series(rows["step"], dtype="int64"),
-                "layer": pd.Series(rows["layer"], dtype=object),
-                "depth": pd.Series(rows["depth"], dtype="int64"),
-                "stage": pd.array(rows["stage"], dtype="Int64"),
-                "block": pd.array(rows["block"], dtype="Int64"),
-                "kind": pd.Series(rows["kind"], dtype=object),
-                "quantity": pd.Series(rows["quantity"], dtype=object),
-                "value": values.astype(np.float64),
-            },
-            columns=list(FRAME_COLUMNS),
-        )
+        depths = depth_ranks(self._order, self.module)
+        frame = build_frame(self.label, self._steps, depths, self._blocks)
         return to_wide(frame) if wide else frame
 
 
@@ -442,16 +382,6 @@ def _to_numpy(tensors: list[Tensor]) -> np.ndarray:
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     flat = torch.cat([t.to(device, dtype) for t in tensors])
     return flat.cpu().numpy().astype(np.float64)
-
-
-def to_wide(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, step, layer) and one column per quantity, from the long frame."""
-    wide = frame.pivot_table(
-        index=list(LAYER_COLUMNS), columns="quantity", values="value", dropna=False, sort=False
-    )
-    wide = wide.dropna(how="all").reset_index()
-    wide.columns.name = None
-    return wide
 
 
 def _default_loss(output: Tensor, target: Tensor) -> Tensor:

@@ -15,6 +15,8 @@ import difflib
 import fnmatch
 from collections.abc import Sequence
 
+import numpy as np
+import pandas as pd
 from torch import nn
 
 from .errors import UserInputError
@@ -32,6 +34,10 @@ NORM_TYPES = (
 WEIGHTED_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 CONTAINER_TYPES = (nn.Sequential, nn.ModuleList)
 STEM = "stem"
+FRAME_COLUMNS = ("model", "step", "layer", "depth", "stage", "block", "kind", "quantity", "value")
+LAYER_COLUMNS = FRAME_COLUMNS[:7]
+# one closed step: (step, [(site, keys, quantity), ...], values of all segments concatenated)
+StepRecord = tuple[int, list[tuple[str, list[str], str]], np.ndarray]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -122,3 +128,71 @@ def position(name: str, blocks: dict[str, tuple[int, int, str]]) -> tuple[int | 
         if hit is not None:
             return hit
     return (None, None, "other")
+
+
+def depth_ranks(order: dict[tuple[str, str], int], model: nn.Module) -> dict[tuple[str, str], int]:
+    """Depth of every (site, key) from first-call numbers: boundaries ranked from 0 (``stem``),
+    responses and parameter-owning modules from 1; modules never called come last."""
+    depths: dict[tuple[str, str], int] = {}
+    for site, start in (("boundary", 0), ("response", 1), ("module", 1)):
+        keys = sorted((k for k in order if k[0] == site), key=order.get)
+        depths.update({k: i for i, k in enumerate(keys, start=start)})
+    called = sum(1 for k in depths if k[0] == "module")
+    for name, module in model.named_modules():
+        if module._parameters and ("module", name) not in depths:
+            called += 1
+            depths[("module", name)] = called
+    return depths
+
+
+def build_frame(
+    label: str,
+    steps: Sequence[StepRecord],
+    depths: dict[tuple[str, str], int],
+    blocks: dict[str, tuple[int, int, str]],
+) -> pd.DataFrame:
+    """The tidy long frame of ``FRAME_COLUMNS`` from the Recorder's closed steps."""
+    rows: dict[str, list] = {column: [] for column in FRAME_COLUMNS}
+    for step, segments, flat in steps:
+        offset = 0
+        for site, keys, quantity in segments:
+            for key in keys:
+                if site == "parameter":
+                    depth = depths.get(("module", key.rpartition(".")[0]), 0)
+                else:
+                    depth = depths[(site, key)]
+                stage, block, kind = position(key, blocks)
+                rows["layer"].append(key)
+                rows["depth"].append(depth)
+                rows["stage"].append(stage)
+                rows["block"].append(block)
+                rows["kind"].append(kind)
+                rows["quantity"].append(quantity)
+            rows["value"].append(flat[offset : offset + len(keys)])
+            rows["step"] += [step] * len(keys)
+            offset += len(keys)
+    values = np.concatenate(rows["value"]) if rows["value"] else np.zeros(0)
+    return pd.DataFrame(
+        {
+            "model": pd.Series([label] * len(values), dtype=object),
+            "step": pd.Series(rows["step"], dtype="int64"),
+            "layer": pd.Series(rows["layer"], dtype=object),
+            "depth": pd.Series(rows["depth"], dtype="int64"),
+            "stage": pd.array(rows["stage"], dtype="Int64"),
+            "block": pd.array(rows["block"], dtype="Int64"),
+            "kind": pd.Series(rows["kind"], dtype=object),
+            "quantity": pd.Series(rows["quantity"], dtype=object),
+            "value": values.astype(np.float64),
+        },
+        columns=list(FRAME_COLUMNS),
+    )
+
+
+def to_wide(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, step, layer, depth) and one column per quantity."""
+    wide = frame.pivot_table(
+        index=list(LAYER_COLUMNS), columns="quantity", values="value", dropna=False, sort=False
+    )
+    wide = wide.dropna(how="all").reset_index()
+    wide.columns.name = None
+    return wide
