@@ -1,0 +1,56 @@
+"""Wall time and peak RSS of the README's first command, `gradflow analyze` (issue goal:
+<= 60 s and <= 2 GB on a 2-core CPU; stretch 20 s).
+
+    python benchmarks/bench_analyze.py [--model plain56 --model resnet56] [--repeat 1]
+
+Runs the command as a subprocess (a fresh interpreter, imports included, as a user types
+it) and reads the child's peak resident set size from getrusage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run_once(models: list[str], extra: list[str]) -> tuple[float, float, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [sys.executable, "-m", "gradflow", "analyze", "--quiet", "--out", f"{tmp}/r"]
+        args += [a for m in models for a in ("--model", m)] + extra
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        start = time.perf_counter()
+        result = subprocess.run(args, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - start
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if result.returncode:
+            sys.exit(f"gradflow analyze failed:\n{result.stderr}")
+        # ru_maxrss of children is the max over all children so far (KiB on Linux)
+        return wall, max(peak_kib, before) / 1024, result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", default=None)
+    parser.add_argument("--repeat", type=int, default=1)
+    args, extra = parser.parse_known_args()
+    models = args.model or ["plain56", "resnet56"]
+    times, peaks, summary = [], [], ""
+    for _ in range(args.repeat):
+        wall, peak, summary = run_once(models, extra)
+        times.append(wall)
+        peaks.append(peak)
+    import torch
+
+    print(f"gradflow analyze {' '.join('--model ' + m for m in models)} {' '.join(extra)}")
+    print(f"threads: {torch.get_num_threads()}, runs: {args.repeat}")
+    print(f"wall time: {min(times):.1f} s (min of {len(times)}; goal <= 60 s, stretch 20 s)")
+    print(f"peak RSS:  {max(peaks):.0f} MiB (goal <= 2048 MiB)")
+    print("\nsummary printed by the command:\n" + summary)
+
+
+if __name__ == "__main__":
+    main()
