@@ -13,6 +13,14 @@ average, momentum=None) and is put in eval mode; ``bn="eval"`` keeps the model's
 statistics (a trained model); ``bn="train"`` takes the train-mode map of the whole probe batch
 (samples mix through the batch statistics; sample = -1 in the frame; small inputs only). The
 user's model is never modified.
+
+Exactness: the largest values converge fast and carry tight error bounds. The smallest are
+Ritz values from a Krylov space: upper bounds on the true smallest that converge slowly
+when the spectrum decays smoothly (rows say ``converged`` and give the bound). Note that a
+post-activation block ends with relu, so J_H and I+J_F have a zero row per inactive output
+unit: their true smallest singular value is 0 at almost every input; the cumulative ``prod``
+from the input (3072 columns for CIFAR) is generically of full column rank. For exact
+bottoms use ``method="dense"`` (forms each Jacobian; fine for small inputs or few depths).
 """
 
 from __future__ import annotations
@@ -193,8 +201,12 @@ def _sample_rows(named, stem_fn, point, chosen, operators, prod_from, options, h
             inputs.append(module(inputs[-1]))
     frames = []
 
+    warm = {}  # prod: Ritz vectors of the previous depth start the next one (same input space)
+
     def measure(fn, at, operator, depth, path, block):
-        result = singular_values(fn, at, **options)
+        result = singular_values(fn, at, **options, start=warm.get(operator))
+        if operator == "prod":
+            warm[operator] = result.vectors
         estimate = np.nan
         if hutchinson:
             estimate = frobenius_norm(fn, at, probes=hutchinson, seed=options["seed"]).mean_sq

@@ -38,6 +38,8 @@ class SpectrumResult:
     singular value| (a priori LAPACK-style eps * max(m, n) * sigma_max for dense SVD).
     ``residuals``: ||J^T J v - s^2 v|| (or with J J^T) per value, NaN for dense.
     ``matvecs``: number of Jacobian-vector plus transposed-Jacobian-vector products.
+    ``vectors``: the Ritz vectors (rows, on the smaller side of J) of iterative methods, usable
+    as ``start=`` for a nearby map (e.g. the next depth of a cumulative product).
     """
 
     values: np.ndarray
@@ -49,6 +51,7 @@ class SpectrumResult:
     converged: bool
     dim: int
     shape: tuple[int, int] = field(default=(0, 0))
+    vectors: Tensor | None = field(default=None, repr=False)  # Ritz vectors (rows), smaller side
 
     def frame(self, **labels: object) -> pd.DataFrame:
         """One row per singular value: index, sigma, error, residual, method (+ label columns)."""
@@ -151,14 +154,15 @@ def _orthonormal_block(block: Tensor, basis: Tensor, generator: torch.Generator)
 
 def _ritz(
     basis: Tensor, images: Tensor, grams: Tensor, k: int, which: str, exact: bool
-) -> tuple[Tensor, np.ndarray, Tensor, Tensor, float]:
+) -> tuple[Tensor, np.ndarray, Tensor, Tensor, float, Tensor]:
     """Ritz values of J on span(basis), with residuals and error bounds.
 
     ``basis`` Q (d, c) orthonormal rows, ``images`` = A Q (d, rows), ``grams`` = A^T A Q
     (d, c). ``exact=False`` diagonalises the small projected Gram Q A^T A Q^T (cheap, for
     convergence checks); ``exact=True`` takes the SVD of A Q, which does not square the
     condition number (accurate small values in float32). Returns the wanted values
-    (descending), their positions, residuals, error bounds and the largest Ritz value.
+    (descending), their positions, residuals, error bounds, the largest Ritz value and the
+    Ritz vectors (rows).
     """
     work = torch.float64
     if exact:
@@ -175,7 +179,7 @@ def _ritz(
     gram_of_ritz = weights.T @ grams.to(work)
     ritz_vectors = weights.T @ basis.to(work)
     residual = (gram_of_ritz - sigma[:, None] ** 2 * ritz_vectors).norm(dim=1)
-    return sigma, positions, residual, _sigma_error(sigma, residual), top
+    return sigma, positions, residual, _sigma_error(sigma, residual), top, ritz_vectors
 
 
 def _iterate(
@@ -187,6 +191,7 @@ def _iterate(
     max_dim: int,
     keep_history: bool,
     generator: torch.Generator,
+    start: Tensor | None = None,
 ) -> SpectrumResult:
     """Block Lanczos (keep_history) or subspace iteration on A^T A until every wanted value
     has error <= tol * sigma (or its residual is at rounding level), or the budget is spent."""
@@ -196,6 +201,8 @@ def _iterate(
     images = torch.empty(0, view.rows, dtype=dtype)
     grams = torch.empty(0, cols, dtype=dtype)
     block = torch.randn(block_size, cols, generator=generator, dtype=dtype)
+    if start is not None and start.ndim == 2 and start.shape[1] == cols:
+        block = torch.cat([start.to(dtype)[:block_size], block])[:block_size]
     spent = 0
     while True:
         block = _orthonormal_block(block, basis if keep_history else basis[:0], generator)
@@ -211,7 +218,7 @@ def _iterate(
         else:
             basis, images, grams = block, image, gram
         exhausted = keep_history and basis.shape[0] >= cols
-        sigma, positions, residual, error, top = _ritz(basis, images, grams, k, which, False)
+        sigma, positions, residual, error, top, _ = _ritz(basis, images, grams, k, which, False)
         ok = (error <= tol * sigma) | (residual <= rounding * top**2)
         converged = bool(ok.all()) or exhausted
         if keep_history:  # the last Lanczos block may be smaller, to fill the budget/space
@@ -221,7 +228,9 @@ def _iterate(
         if converged or remaining <= 0:
             break
         block = gram[:remaining]
-    sigma, positions, residual, error, top = _ritz(basis, images, grams, k, which, True)
+    sigma, positions, residual, error, top, ritz = _ritz(basis, images, grams, k, which, True)
+    ok = (error <= tol * sigma) | (residual <= rounding * top**2)
+    converged = bool(ok.all()) or exhausted
     dim = cols
     indices = positions.copy()
     if which in ("smallest", "both"):
@@ -237,6 +246,7 @@ def _iterate(
         converged=converged,
         dim=dim,
         shape=(view.operator.m, view.operator.n),
+        vectors=ritz.to(dtype),
     )
 
 
@@ -252,6 +262,7 @@ def singular_values(
     max_matvecs: int | None = None,
     seed: int = 0,
     chunk_size: int = 64,
+    start: Tensor | None = None,
 ) -> SpectrumResult:
     """The k largest and/or smallest singular values of J = d fn(x)/dx, without forming J.
 
@@ -262,7 +273,8 @@ def singular_values(
     min(m, n) <= 512 or k is None, else lanczos. Computes in the dtype of x (float32 gives
     about 1e-6 relative accuracy on large values, ~1e-7 * sigma_max absolute on small ones).
     ``max_matvecs`` caps the Gram products (each is one J and one J^T product); the random
-    start uses its own generator seeded by ``seed``, never the global RNG.
+    start uses its own generator seeded by ``seed``, never the global RNG; ``start`` (rows of
+    shape (p, min(m, n))) replaces the first p random start vectors (a warm start).
     """
     _check_options(k, which, method, tol)
     operator = JacobianOperator(fn, x, chunk_size=chunk_size)
@@ -283,4 +295,5 @@ def singular_values(
         max(budget, block_size),
         keep_history=method == "lanczos",
         generator=generator,
+        start=start,
     )

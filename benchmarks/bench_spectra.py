@@ -1,0 +1,130 @@
+"""Jacobian spectra of CIFAR resnet56 maps: gradflow solvers vs the dense baseline, one run.
+
+Maps at one 3x32x32 input, eval-mode BN (running statistics calibrated on 8 probe inputs in a
+copy): input -> end of stage 1 (3072 -> 16384) and input -> end of stage 3 (3072 -> 4096).
+Baseline: the dense Jacobian by ``torch.func.jacfwd`` (all tangents in one vmap) and
+``torch.linalg.svdvals``. Goals (issue 5): top-16 >= 20x faster at relative error <= 1e-3,
+bottom-16 >= 5x faster at <= 1e-2, cumulative spectra at all 27 depths <= 4x one depth.
+
+    python benchmarks/bench_spectra.py [--maps stage1,stage3] [--skip-cumulative]
+    python benchmarks/bench_spectra.py --contrast   # plain56 vs resnet56 at init
+
+``--contrast`` prints, for plain56 and resnet56 at init, the exact (dense SVD) cumulative
+spectra from the input to blocks 1, 9, 18, 27 (largest, smallest, log10 condition), and the
+time of ``block_spectra`` with its cheap defaults (what ``gradflow analyze`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.func import jacfwd
+
+import gradflow as gf
+from gradflow.spectra import block_spectra, calibrated_copy, singular_values
+
+
+def timed(work, *args, **kwargs):
+    started = time.perf_counter()
+    result = work(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def stage_map(model, last_stage: int):
+    def forward(x):
+        z = model.forward_stem(x)
+        for stage in model.stages()[:last_stage]:
+            z = stage(z)
+        return z
+
+    return forward
+
+
+def baseline(fn, x):
+    jacobian = jacfwd(fn)(x)
+    rows = jacobian.numel() // x.numel()
+    return torch.linalg.svdvals(jacobian.reshape(rows, x.numel())).double().numpy()
+
+
+def relative_error(result, exact) -> float:
+    return float(np.max(np.abs(result.values - exact[result.indices]) / exact[result.indices]))
+
+
+def contrast() -> None:
+    """Exact cumulative spectra of plain56 vs resnet56 at init, and the default-settings cost."""
+    from gradflow.spectra import summarize_spectra
+
+    torch.set_num_threads(2)
+    probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    print(f"{'model':9} {'depth':>5} {'largest':>10} {'smallest':>10} {'log10 cond':>10}")
+    for name in ("plain56", "resnet56"):
+        model = gf.create_model(name)
+        _, default_time = timed(block_spectra, model, probe, model_name=name)
+        exact = block_spectra(
+            model, probe, k=4, depths=[1, 9, 18, 27], samples=1, operators=("prod",),
+            method="dense", hutchinson=0, model_name=name,
+        )  # fmt: skip
+        for _, row in summarize_spectra(exact).iterrows():
+            print(f"{name:9} {row.depth:5d} {row.largest:10.4g} {row.smallest:10.4g} "
+                  f"{row.log10_condition:10.3f}")  # fmt: skip
+        print(f"  block_spectra({name}, 2 probes, defaults) took {default_time:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--maps", default="stage1,stage3")
+    parser.add_argument("--skip-cumulative", action="store_true")
+    parser.add_argument("--contrast", action="store_true", help="plain56 vs resnet56 at init")
+    args = parser.parse_args()
+    if args.contrast:
+        return contrast()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = gf.create_model("resnet56")
+    probe = torch.randn(8, 3, 32, 32)
+    twin = calibrated_copy(model, probe)
+    x = probe[:1]
+    rows = []
+    for name in args.maps.split(","):
+        stage = {"stage1": 1, "stage3": 3}[name]
+        fn = stage_map(twin, stage)
+        exact, base_time = timed(baseline, fn, x)
+        rows.append((name, "baseline jacfwd+svdvals", "all", base_time, 1.0, "", 0.0, x.numel()))
+        runs = [
+            ("lanczos", "largest", dict(tol=1e-2), "20x, 1e-3"),
+            ("lanczos", "smallest", dict(tol=1e-2, max_matvecs=1024), "5x, 1e-2"),
+            ("dense", "smallest", {}, "5x, 1e-2"),
+        ]
+        for method, which, options, goal in runs:
+            result, seconds = timed(
+                singular_values, fn, x, k=16, which=which, method=method, **options
+            )
+            rows.append(
+                (name, f"gradflow {method}", which, seconds, base_time / seconds, goal,
+                 relative_error(result, exact), result.matvecs)
+            )  # fmt: skip
+    print(f"{'map':8} {'method':26} {'which':9} {'seconds':>8} {'speedup':>8} {'goal':>10} "
+          f"{'max rel err':>12} {'matvecs':>8}")  # fmt: skip
+    for name, method, which, seconds, speedup, goal, error, matvecs in rows:
+        print(f"{name:8} {method:26} {which:9} {seconds:8.2f} {speedup:8.1f} {goal:>10} "
+              f"{error:12.2e} {matvecs:8d}")  # fmt: skip
+    if args.skip_cumulative:
+        return
+    options = dict(k=16, which="largest", operators=("prod",), samples=1, hutchinson=0,
+                   max_matvecs=2048)  # fmt: skip
+    one, one_time = timed(block_spectra, model, probe, depths=[27], **options)
+    every, all_time = timed(block_spectra, model, probe, depths="all", **options)
+    last = every[every.depth == 27].sort_values("index")["sigma"].to_numpy()
+    agree = np.max(np.abs(last - one.sort_values("index")["sigma"].to_numpy()) / last)
+    print(
+        f"\ncumulative prod spectra (top-16, tol 1e-2, warm-started depth to depth):\n"
+        f"  depth 27 alone {one_time:.2f} s; all 27 depths {all_time:.2f} s; "
+        f"ratio {all_time / one_time:.1f} (goal <= 4); depth-27 values agree to {agree:.1e}"
+    )
+
+
+if __name__ == "__main__":
+    main()
