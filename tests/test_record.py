@@ -331,3 +331,15 @@ def test_clean_exit_closes_a_pending_step():
     assert rec.steps_done == 1 and (frame.step == 0).all()
     assert set(frame.quantity) == {"response_std", "param_grad_norm"}
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["plain56", "resnet56"])
+def test_56_layer_nets_have_55_responses_and_28_boundary_points(name):
+    model = gf.create_model(name)
+    frame = record(model, torch.randn(2, 3, 32, 32), torch.tensor([3, 4]), label=name)
+    responses = frame[frame.quantity == "response_std"]
+    assert list(responses.depth) == list(range(1, 56))  # stem.bn + 2 per block x 27 blocks
+    boundary = frame[frame.quantity == "activation_grad_norm"]
+    assert list(boundary.depth) == list(range(28)) and boundary.value.gt(0).all()
+    kind = "residual" if name.startswith("resnet") else "plain"
+    assert set(boundary.kind.iloc[1:]) == {kind}
