@@ -8,7 +8,9 @@ it found it. Both give the long frame of ``FRAME_COLUMNS``:
 - ``layer``: module path (``stage2.block3.bn1``); block boundaries use the block path
   (``stage2.block3``) and ``stem`` for the input of the first block; parameters their full
   name (``stage1.block1.conv1.weight``). A module called k > 1 times in one forward pass of
-  the root model is reported once per call: ``name``, ``name@2``, ..., ``name@k``.
+  the root model is reported once per call: ``name``, ``name@2``, ..., ``name@k``. Passes are
+  delimited by calls of the root module (and by ``step()``): code that calls submodules
+  directly should call ``step()`` after each pass, or its repeated calls count as reuse.
 - ``depth``: for block boundaries (``activation_grad_*``) the number of blocks the signal has
   passed: 0 = input of the first block (the stem output), k = output of the k-th block. For
   layer quantities (responses, parameters) the 1-based rank of the layer's first call in the
@@ -327,6 +329,8 @@ class Recorder:
         self._boundary.clear()
         self._grads_override = None
         self._batch_seen = False
+        self._calls.clear()
+        self._stem_pending = True
         self.steps_done += 1
         self._check_finite(step, segments, flat)
 
