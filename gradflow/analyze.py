@@ -289,7 +289,9 @@ def _run(config: AnalysisConfig) -> AnalysisResult:
         raise UserInputError("--samples and --k must be >= 1 and --batch-size >= 2")
     device = _device(config.device)
     started = time.time()
-    dataset = load_dataset(config.data, data_dir=config.data_dir)
+    # the synthetic set is generated in code: 2,000 images are plenty for a probe batch
+    sized = {"size": 2000} if config.data == "synthetic" else {}
+    dataset = load_dataset(config.data, data_dir=config.data_dir, **sized)
     x, y = dataset.batch(config.batch_size, seed=config.seed)
     x, y = x.to(device), y.to(device)
     rng_state = torch.random.get_rng_state()

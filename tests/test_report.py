@@ -104,6 +104,7 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+    assert target.stat().st_mode & 0o044  # readable by others, like any file the user writes
 
 
 def test_write_frame_is_byte_reproducible(tmp_path):
