@@ -60,7 +60,6 @@ from .sites import (
     default_boundaries,
     default_response_layers,
     depth_ranks,
-    is_zoo,
     select_modules,
     to_wide,
     unwrap,
@@ -104,8 +103,9 @@ class Recorder:
     response_std/mean/absmax, activation_grad_norm (with activation_grad_rms),
     param_grad_norm, weight_norm and update_ratio (which keeps one copy of the parameters
     to compare with at the next step; everything else is O(number of layers) scalars).
-    ``layers`` overrides the response layers (names, glob patterns or module types) and, for
-    models outside the zoo, the gradient points too unless ``boundaries`` names them.
+    ``layers`` (names, glob patterns or module types) replaces the default response layers
+    and gradient points (then ``stem`` is the input of the first of them, depth k the output
+    of the k-th); ``boundaries`` replaces the gradient points alone.
     ``loss_reduction`` ("mean"/"sum") is the assumption behind ``activation_grad_rms``.
     A clean exit closes a pending step (batches seen since the last ``step()``).
     """
@@ -128,7 +128,6 @@ class Recorder:
         self.on_nonfinite = _choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.mean_reduced = _choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS) == "mean"
         sites = {probe.site for probe in self.probes}
-        zoo = is_zoo(self.module)
         responses = (
             select_modules(self.module, layers)
             if layers is not None
@@ -136,7 +135,7 @@ class Recorder:
         )
         if boundaries is not None:
             points = select_modules(self.module, boundaries)
-        elif layers is not None and not zoo:
+        elif layers is not None:
             points = responses
         else:
             points = default_boundaries(self.module, responses)

@@ -6,7 +6,8 @@
   children of every ``nn.Sequential``/``nn.ModuleList`` (outermost ones; containers are
   opened, modules inside a chosen child are not), or the response layers when the model has
   no container.
-- ``layers=`` takes module names, glob patterns (``"stage2.*.bn?"``) or module types.
+- ``layers=`` takes module names, glob patterns (``"stage2.*.bn?"``; fnmatch rules: ``*``
+  also matches dots, so ``"stage1.*"`` is every module inside stage1) or module types.
 """
 
 from __future__ import annotations

@@ -343,3 +343,30 @@ def test_56_layer_nets_have_55_responses_and_28_boundary_points(name):
     assert list(boundary.depth) == list(range(28)) and boundary.value.gt(0).all()
     kind = "residual" if name.startswith("resnet") else "plain"
     assert set(boundary.kind.iloc[1:]) == {kind}
+
+
+def test_layers_also_name_the_gradient_points_unless_boundaries_do():
+    model = gf.create_model("resnet20")
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    frame = record(model, x, y, probes=["activation_grad_norm"], layers="stage3.block?")
+    assert list(frame[frame.quantity == "activation_grad_norm"].layer) == [
+        "stem",
+        "stage3.block1",
+        "stage3.block2",
+        "stage3.block3",
+    ]
+    frame = record(
+        model,
+        x,
+        y,
+        probes=["response_std", "activation_grad_norm"],
+        layers="fc",
+        boundaries="stage1.block?",
+    )
+    assert list(frame[frame.quantity == "response_std"].layer) == ["fc"]
+    assert set(frame[frame.quantity == "activation_grad_norm"].layer) == {
+        "stem",
+        "stage1.block1",
+        "stage1.block2",
+        "stage1.block3",
+    }
