@@ -34,11 +34,24 @@ def drain_collected() -> list[tuple[str, pd.DataFrame]]:
     return items
 
 
-def _table(frame: pd.DataFrame, mark: int | None, mark_text: str) -> str:
+def _table(frame: pd.DataFrame, mark: int | None, mark_text: str, context: int = 2) -> str:
+    """``frame`` as text; long tables keep both ends and the rows around ``mark``."""
     lines = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}").split("\n")
+    header, rows = lines[0], lines[1:]
     if mark is not None:
-        lines[mark + 1] += f"   <-- {mark_text}"
-    return "\n".join(lines)
+        rows[mark] += f"   <-- {mark_text}"
+    if len(rows) <= 4 * context + 6:
+        return "\n".join([header, *rows])
+    keep = set(range(context)) | set(range(len(rows) - context, len(rows)))
+    if mark is not None:
+        keep |= set(range(max(0, mark - context), min(len(rows), mark + context + 1)))
+    shown, previous = [header], -1
+    for row in sorted(keep):
+        if row > previous + 1:
+            shown.append("   ...")
+        shown.append(rows[row])
+        previous = row
+    return "\n".join(shown)
 
 
 def gradient_norms(
