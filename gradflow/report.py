@@ -383,3 +383,40 @@ def build_analysis_report(result) -> Report:
         )
     )
     return report
+
+
+# ----------------------------------------------------------------------- training curves
+
+
+def training_curves_figure(
+    history: pd.DataFrame,
+    panels: dict[str, Sequence[str]] | None = None,
+    *,
+    evaluation: str = "test",
+    quantity: str = "error",
+) -> plt.Figure:
+    """Error (%) vs iteration, the paper's Figure 1/4/6 layout: thin = training, bold = test.
+
+    ``history`` is the trainer's tidy frame (model, step, split, quantity, value).
+    ``panels`` maps a panel title to the models drawn in it (default: one panel, all models);
+    the i-th model of every panel gets the i-th colour, so plain-20 and ResNet-20 match.
+    """
+    paper_style()
+    data = history[history["quantity"] == quantity]
+    panels = panels or {"": list(data["model"].unique())}
+    palette = sns.color_palette(n_colors=max(len(m) for m in panels.values()))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 3.8), sharey=True, squeeze=False
+    )
+    for ax, (title, models) in zip(axes[0], panels.items(), strict=True):
+        for color, model in zip(palette, models, strict=False):
+            for split, width in (("train", 0.9), (evaluation, 2.2)):
+                line = data[(data["model"] == model) & (data["split"] == split)].sort_values("step")
+                label = model if split == evaluation else None
+                ax.plot(line["step"], line["value"], color=color, lw=width, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize="small", title=f"thin: train, bold: {evaluation}")
+    axes[0, 0].set_ylabel(f"{quantity} (%)" if quantity == "error" else quantity)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,379 @@
+"""What every experiment script shares: scale presets, arguments, runs and reports.
+
+A script builds an ``Experiment`` from its command line (``--scale smoke|small|full``,
+``--out``, ``--data``, ``--data-dir``, ``--cache``, ``--seed``, ``--quiet``), asks it for
+trained runs (``experiment.run(model, init)``: trained once, then loaded from the run cache
+by every script that asks for the same training settings, see ``run_cache``) and writes its
+report with ``experiment.write_report``: README.md with the figures inline, PNGs, a CSV per
+frame and meta.json (command, data, scale, wall time, versions, which runs were reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from reporting import (
+    PAPER,
+    compare,
+    deepest_spectra,
+    final_errors,
+    gradient_log10_ratio,
+    histories,
+    versions,
+)
+from run_cache import DONE, RunFailed, cached_run, run_dir, run_key
+from torch import nn
+
+from gradflow import io as gio
+from gradflow.errors import UserInputError
+from gradflow.train import TrainConfig, TrainResult
+
+__all__ = [
+    "DONE", "SCALES", "Experiment", "RunFailed", "Scale", "TrainConfig", "TrainResult",
+    "cached_run", "compare", "deepest_spectra", "entry", "final_errors",
+    "gradient_log10_ratio", "histories", "parse_args", "run_dir", "run_key",
+]  # fmt: skip
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One preset: data, training budget, logging intervals, probe sizes, models per experiment."""
+
+    name: str
+    data: str
+    image_size: int  # synthetic images only (Fashion-MNIST is padded to 32, CIFAR-10 is 32)
+    synthetic_size: int | None  # training images of the synthetic set (None: its default)
+    iterations: int  # CIFAR-style nets (fig1, fig6, fig7, zero_gamma, jacobian: shared runs)
+    imagenet_iterations: int  # fig4's ImageNet-style nets
+    batch_size: int
+    evaluations: int  # test-set passes per run (eval_every = iterations // evaluations)
+    records: int  # Recorder steps per run (record_every = iterations // records)
+    checkpoints: int  # checkpoints per run (an interrupted run resumes from the last one)
+    val_size: int  # held-out training images (the paper: 5000 of CIFAR-10's 50000)
+    warmup_iterations: int  # at most this many at lr 0.01 for the models in WARMUP_MODELS
+    threads: int | None  # torch threads (None: torch's default)
+    probe_batch: int  # images for records and spectra of trained / initial models
+    spectra_samples: int
+    spectra_k: int
+    spectra_matvecs: int
+    spectra_depths: int  # block depths at which cumulative spectra are taken
+    models: dict[str, tuple[str, ...]] = field(default_factory=dict)  # "model" or "model:init"
+
+
+WARMUP_MODELS = ("resnet110",)  # the paper warms ResNet-110 up at lr 0.01 (section 4.2)
+INITS = ("he", "zero_gamma", "skipinit", "fixup")
+CIFAR_NETS = tuple(f"{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 32, 44, 56))
+PAPER_MODELS = {
+    "fig1": ("plain20", "plain56"),
+    "fig6": (*CIFAR_NETS, "resnet110"),
+    "fig4": ("plain18", "plain34", "resnet18", "resnet34"),
+    "fig7": ("plain20", "plain56", "resnet20", "resnet56", "resnet110"),
+    "zero_gamma": tuple(f"{model}:{init}" for model in ("resnet56", "resnet110") for init in INITS),
+    "jacobian": ("plain20", "resnet20", "plain56", "resnet56", "resnet110"),
+}
+
+# Step times measured on this 2-core machine (shared with other jobs, load 3-6), batch 128,
+# 1 x 32 x 32, one torch thread (wall ~= CPU time), SGD step incl. forward and backward, and
+# one eval pass of 500 images: plain20 0.44 s / 0.74 s, resnet20 0.43 / 0.70, plain32
+# 0.66 / 0.75, resnet32 0.70 / 1.23, plain44 0.91 / 1.41, resnet44 0.97 / 1.31, plain56
+# 1.17 / 1.37, resnet56 1.27 / 1.81, resnet110 2.45 / 3.07; ImageNet-style nets: plain18
+# 0.38 / 0.33, resnet18 0.39 / 0.36, plain34 0.72 / 0.63, resnet34 0.73 / 0.64. A
+# Fashion-MNIST test pass is 10,000 images (20 x the 500 above). Two threads were 6x slower
+# per step here (plain20 2.9 s wall and CPU vs 0.44 s on one thread: the pool spins against
+# the other processes), so the small scale uses one thread.
+# Small-scale budget, 300 iterations (1000 for ImageNet-style nets) and 5 test passes per
+# run; in the order of reports/README.md (later scripts reuse earlier runs) / standalone:
+#   fig1        plain20, plain56             1.61 s/it: 8 + 3.5 min eval        ~12 / 12 min
+#   fig6        8 nets (6 new after fig1)    4.93 (6.54) s/it: 25 + 12 min      ~37 / 48 min
+#   fig7        5 nets (resnet110 new)       2.45 (5.75) s/it: 12 + 5 min       ~17 / 42 min
+#   zero_gamma  6 runs (4 new)               6.26 (9.97) s/it: 31 + 14 min      ~45 / 72 min
+#   jacobian    4 nets, all reused: spectra only (~1.5 s per depth and sample)  ~6 / 40 min
+#   fig4        4 ImageNet-style nets        2.22 s/it: 37 + 3.3 min            ~40 / 40 min
+SMALL = Scale(
+    name="small", data="fashion-mnist", image_size=32, synthetic_size=None, iterations=300,
+    imagenet_iterations=1000, batch_size=128, evaluations=5, records=2, checkpoints=5,
+    val_size=0, warmup_iterations=100, threads=1, probe_batch=128, spectra_samples=2,
+    spectra_k=8, spectra_matvecs=256, spectra_depths=6,
+    models={
+        **PAPER_MODELS,
+        "fig6": CIFAR_NETS,  # ResNet-110 at full scale only (fig7 trains it)
+        # 45 minutes allow ResNet-110 with he and zero_gamma only (see the budget above)
+        "zero_gamma": (*(f"resnet56:{i}" for i in INITS), "resnet110:he", "resnet110:zero_gamma"),
+        "jacobian": ("plain20", "resnet20", "plain56", "resnet56"),
+    },
+)  # fmt: skip
+SCALES = {
+    "smoke": replace(
+        SMALL, name="smoke", data="synthetic", image_size=8, synthetic_size=256, iterations=6,
+        imagenet_iterations=6, batch_size=16, evaluations=2, checkpoints=1,
+        warmup_iterations=2, probe_batch=8, spectra_samples=1, spectra_k=2,
+        spectra_matvecs=24, spectra_depths=3,
+        # ResNet-110 with 4 inits would take more than 15 s at smoke scale
+        models={**SMALL.models,
+                "zero_gamma": tuple(f"{m}:{i}" for m in ("resnet20", "resnet56") for i in INITS)},
+    ),
+    "small": SMALL,
+    "full": replace(
+        SMALL, name="full", data="cifar10", iterations=64_000, imagenet_iterations=64_000,
+        evaluations=64, records=16, checkpoints=64, val_size=5000, warmup_iterations=400,
+        threads=None, spectra_samples=4, spectra_k=16, spectra_depths=10, models=PAPER_MODELS,
+    ),
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- arguments
+def parse_args(script: str, description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The shared command line of ``script`` (its file path); ``--out`` defaults to
+    reports/<script name> at small scale (the committed reports), else under runs/."""
+    experiment = Path(script).stem
+    parser = argparse.ArgumentParser(prog=f"{experiment}.py", description=description)
+    parser.add_argument("--scale", choices=list(SCALES), default="small")
+    parser.add_argument(
+        "--out",
+        help="report folder (default: reports/<experiment> at small "
+        "scale, runs/reports/<experiment>-<scale> otherwise)",
+    )
+    parser.add_argument(
+        "--data",
+        choices=["synthetic", "fashion-mnist", "cifar10"],
+        help="data set (default: the scale's)",
+    )
+    parser.add_argument("--data-dir", help="folder of the data set's files")
+    parser.add_argument(
+        "--cache",
+        default=str(REPO_ROOT / "runs"),
+        help="run cache shared by the scripts (default: runs/)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    args = parser.parse_args(argv)
+    args.experiment = experiment
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.out is None:
+        default = (
+            f"reports/{experiment}"
+            if args.scale == "small"
+            else (f"runs/reports/{experiment}-{args.scale}")
+        )
+        args.out = str(REPO_ROOT / default)
+    return args
+
+
+def entry(main, argv: list[str] | None = None) -> int:
+    """Run a script's ``main``: a UserInputError becomes one line on stderr and exit code 2."""
+    try:
+        main(argv)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ----------------------------------------------------------------------------- experiment
+class Experiment:
+    """One script's run: its scale, data, cached training runs and report (see module doc)."""
+
+    def __init__(self, args: argparse.Namespace, key: str) -> None:
+        self.args, self.key = args, key
+        self.scale = SCALES[args.scale]
+        self.data = args.data or self.scale.data
+        self.started = time.perf_counter()
+        self.runs: list[dict] = []
+        if self.scale.threads:
+            torch.set_num_threads(self.scale.threads)
+
+    def log(self, message: str) -> None:
+        if not self.args.quiet:
+            print(f"[{self.args.experiment}] {message}", file=sys.stderr, flush=True)
+
+    def models(self) -> list[tuple[str, str]]:
+        """(model, init) pairs of this experiment at this scale ("model:init" or "model")."""
+        return [tuple(f"{entry}:he".split(":")[:2]) for entry in self.scale.models[self.key]]
+
+    def config(self, model: str, init: str = "he", *, imagenet: bool = False) -> TrainConfig:
+        """The one TrainConfig of (model, init) at this scale: equal settings share a run."""
+        scale, synthetic = self.scale, self.data == "synthetic"
+        iterations = scale.imagenet_iterations if imagenet else scale.iterations
+        eval_every = max(1, iterations // scale.evaluations)
+        return TrainConfig(
+            model=model,
+            init=None if init == "he" else init,
+            data=self.data,
+            data_dir=self.args.data_dir,
+            pad_to=32 if self.data == "fashion-mnist" else None,
+            synthetic_size=scale.synthetic_size if synthetic else None,
+            synthetic_image_size=scale.image_size if synthetic else 32,
+            val_size=scale.val_size,
+            iterations=iterations,
+            batch_size=scale.batch_size,
+            eval_every=eval_every,
+            record_every=max(1, iterations // scale.records),
+            checkpoint_every=max(1, iterations // scale.checkpoints),
+            warmup_iterations=scale.warmup_iterations if model in WARMUP_MODELS else 0,
+            seed=self.args.seed,
+            progress=not self.args.quiet,
+        )
+
+    def run(
+        self, model: str, init: str = "he", *, label: str | None = None, imagenet: bool = False
+    ) -> TrainResult | None:
+        """The trained run of (model, init), from the cache if there; None if it diverged."""
+        config = replace(self.config(model, init, imagenet=imagenet), label=label)
+        name = label or model
+        folder = run_dir(config, self.args.cache).name
+        self.log(f"{name}: {config.iterations} iterations (cache {folder})")
+        entry = {"label": name, "model": model, "init": init, "iterations": config.iterations}
+        try:
+            result = cached_run(config, self.args.cache)
+        except RunFailed as err:
+            self.log(f"{name}: {err}")
+            self.runs.append({**entry, "status": "diverged", "reused": None})
+            return None
+        finals = result.meta.get("final_error_percent", {})
+        self.runs.append(
+            {
+                **entry,
+                "status": "reused" if result.meta["cache"]["reused"] else "trained",
+                "final_train_error": finals.get("train"),
+                "final_test_error": finals.get("test"),
+                "train_wall_s": result.meta.get("wall_seconds_this_process"),
+                "cache_dir": Path(result.meta["cache"]["dir"]).name,
+            }
+        )
+        return result
+
+    def dataset(self, split: str = "test"):
+        """A split of this experiment's data, loaded exactly as the trainer loads it."""
+        from gradflow.data import load_dataset
+
+        config = self.config("resnet20")
+        return load_dataset(
+            config.data,
+            split=split,
+            data_dir=config.data_dir,
+            pad_to=config.pad_to,
+            seed=config.seed,
+            image_size=config.synthetic_image_size,
+        )
+
+    def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probe batch: ``probe_batch`` class-balanced test images (seeded)."""
+        return self.dataset("test").batch(self.scale.probe_batch, seed=self.args.seed)
+
+    def initial_model(self, model: str, init: str = "he", *, imagenet: bool = False) -> nn.Module:
+        """The weights the trainer starts (model, init) from: same seed, same constructor."""
+        from gradflow.models import create_model
+
+        config = self.config(model, init, imagenet=imagenet)
+        data = self.dataset("test")
+        torch.manual_seed(config.seed)
+        options = {"init": config.init} if config.init else {}
+        return create_model(
+            model, in_channels=data.channels, num_classes=data.num_classes, **options
+        ).train()
+
+    def spectra(self, model: nn.Module, x: torch.Tensor, label: str) -> pd.DataFrame:
+        """Cumulative Jacobian spectra (input -> output of block k) at evenly spaced depths."""
+        from gradflow.spectra import block_spectra
+
+        blocks = len(model.blocks())
+        depths = np.unique(np.linspace(1, blocks, min(blocks, self.scale.spectra_depths)).round())
+        return block_spectra(
+            model,
+            x,
+            k=self.scale.spectra_k,
+            depths=[int(d) for d in depths],
+            samples=self.scale.spectra_samples,
+            operators=("prod",),
+            max_matvecs=self.scale.spectra_matvecs,
+            model_name=label,
+            seed=self.args.seed,
+        )
+
+    # --------------------------------------------------------------------------- report
+    def write_report(
+        self, title: str, sections: list, frames: dict[str, pd.DataFrame], comparisons: list[str]
+    ) -> Path:
+        """README.md (+ figures/*.png), data/<frame>.csv and meta.json into ``--out``."""
+        from gradflow.report import Report, Section
+
+        out = Path(self.args.out)
+        wall = time.perf_counter() - self.started
+        runs = pd.DataFrame(self.runs)
+        header = Section("How this report was made", paragraphs=self._header(wall))
+        compared = Section(
+            "Compared with the paper",
+            paragraphs=[*comparisons, f"Paper: {PAPER} (numbers as in PAPER_FACTS.md)."],
+        )
+        runs_section = Section(
+            "Training runs",
+            paragraphs=[
+                "Trained here or reused from the run cache (--cache; same training settings, "
+                "same run). Errors in %, the last logged value; train_wall_s is the time the "
+                "run took when it was trained."
+            ],
+            table=runs,
+        )
+        Report(title, [header, *sections, compared, runs_section]).write(
+            out, html_name=None, markdown_name="README.md"
+        )
+        for name, frame in {**frames, "runs": runs}.items():
+            gio.write_text(
+                out / "data" / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g")
+            )
+        meta = {
+            "experiment": self.args.experiment,
+            "command": self.command(),
+            "scale": asdict(self.scale),
+            "data": self.data,
+            "wall_seconds": round(wall, 1),
+            "versions": versions(),
+            "runs": self.runs,
+        }
+        gio.write_text(out / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
+        self.log(f"report in {out} ({wall:.1f} s)")
+        return out
+
+    def command(self) -> str:
+        script = f"experiments/{self.args.experiment}.py"
+        return shlex.join(["python", script, *self.args.argv])
+
+    def _header(self, wall: float) -> list[str]:
+        scale, data = self.scale, self.dataset("test")
+        lines = [
+            f"Command (from the repository root): `{self.command()}`",
+            f"Data: {data.description} ({data.channels} x {data.image_size} x "
+            f"{data.image_size}, {data.num_classes} classes).",
+        ]
+        if data.is_synthetic:
+            lines.append(
+                "**These are synthetic images generated in code, not real data**: the numbers "
+                "check that the pipeline works and say nothing about real images."
+            )
+        lines += [
+            f"Scale: `{scale.name}`: {scale.iterations} iterations for CIFAR-style nets "
+            f"({scale.imagenet_iterations} for ImageNet-style), batch {scale.batch_size}, SGD "
+            "lr 0.1 momentum 0.9 weight decay 1e-4, lr divided by 10 at 50% and 75% of the "
+            f"budget, {scale.evaluations} test-set evaluations per run"
+            + (f", {scale.val_size} training images held out" if scale.val_size else "")
+            + ". The paper trains 64k iterations on CIFAR-10 (section 4.2).",
+            f"Wall time of this script: {_duration(wall)} on {torch.get_num_threads()} torch "
+            f"thread(s) ({sum(r['status'] == 'trained' for r in self.runs)} runs trained "
+            f"here, {sum(r['status'] == 'reused' for r in self.runs)} reused from the cache).",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        ]
+        return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

@@ -1,0 +1,263 @@
+"""The experiment scripts at smoke scale: reports, figures, CSVs, run-cache reuse and resume.
+
+Every script runs once as a subprocess (module fixture, two at a time on the 2 cores:
+fig1 -> fig6 -> fig7 -> jacobian share one run cache, as they would for reports/, while
+fig4 -> zero_gamma share another); the tests then open what they wrote.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import common  # noqa: E402  (experiments/common.py: the scripts' shared module)
+
+CHAINS = (
+    ["fig1_degradation", "fig6_cifar_depth", "fig7_response_std", "jacobian_spectra"],
+    ["fig4_imagenet_style", "zero_gamma_ablation"],
+)
+SCRIPTS = [*CHAINS[0], *CHAINS[1]]
+HISTORY = (["model", "step", "split", "quantity", "value"], ["step", "value"])
+FINAL = (
+    ["model", "params", "train_error", "test_error", "best_test_error"],
+    ["params", "train_error", "test_error", "best_test_error"],
+)
+RECORD = ["model", "step", "layer", "depth", "stage", "block", "kind", "quantity", "value"]
+# script -> {csv name: (columns it must have, columns that must be finite)}
+CSVS = {
+    "fig1_degradation": {"history": HISTORY, "final_errors": FINAL},
+    "fig6_cifar_depth": {"history": HISTORY, "final_errors": FINAL},
+    "fig4_imagenet_style": {
+        "history": HISTORY,
+        "final_errors": ([*FINAL[0], "paper_top1_imagenet"], FINAL[1] + ["paper_top1_imagenet"]),
+    },
+    "fig7_response_std": {
+        "responses": (RECORD, ["depth", "value"]),
+        "summary": (["model", "layers", "mean_std", "median_std", "max_std"], ["mean_std"]),
+    },
+    "zero_gamma_ablation": {
+        "init_records": (RECORD, ["depth"]),  # fixup's gradient is exactly 0 at init: finite
+        "summary": (
+            [
+                "model",
+                "depth",
+                "largest",
+                "smallest",
+                "log10_condition",
+                "grad_log10_ratio",
+                "train_error",
+                "test_error",
+            ],
+            ["largest", "smallest", "train_error", "test_error"],
+        ),
+        "history": HISTORY,
+    },
+    "jacobian_spectra": {
+        "spectra_summary": (
+            ["model", "operator", "depth", "sample", "largest", "smallest"],
+            ["largest", "smallest"],
+        ),
+        "summary": (
+            ["model", "step", "depth", "largest", "log10_condition", "grad_log10_ratio"],
+            ["largest", "grad_log10_ratio"],
+        ),
+        "records": (RECORD, ["value"]),
+    },
+}
+MODELS = {
+    "fig1_degradation": ["plain20", "plain56"],
+    "fig6_cifar_depth": ["plain20", "plain56", "resnet20", "resnet56"],
+    "fig7_response_std": ["plain20", "plain56", "resnet20", "resnet56", "resnet110"],
+    "zero_gamma_ablation": ["resnet56 zero_gamma", "resnet56 he", "resnet56 fixup"],
+    "jacobian_spectra": ["plain56", "resnet56"],
+    "fig4_imagenet_style": ["plain18", "plain34", "resnet18", "resnet34"],
+}
+
+
+def _run(script: str, out: Path, cache: Path) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        str(EXPERIMENTS / f"{script}.py"),
+        "--scale",
+        "smoke",
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        "--quiet",
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def _snapshot(cache: Path) -> dict[str, int]:
+    """Cache folder -> mtime of its finished-run marker (0 if unfinished)."""
+    return {
+        d.name: (d / common.DONE).stat().st_mtime_ns if (d / common.DONE).exists() else 0
+        for d in cache.iterdir()
+    }
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    """Run every script once at smoke scale; return out dirs, results, cache snapshots."""
+    root = tmp_path_factory.mktemp("experiments")
+    outs = {script: root / script for script in SCRIPTS}
+    snapshots, done = {}, {}
+
+    def chain(scripts: list[str], cache: Path) -> None:
+        for script in scripts:
+            done[script] = _run(script, outs[script], cache)
+            snapshots[script] = _snapshot(cache) if cache.exists() else {}
+
+    with ThreadPoolExecutor(2) as pool:  # two processes at once: the machine has 2 cores
+        jobs = [pool.submit(chain, scripts, root / f"cache{i}") for i, scripts in enumerate(CHAINS)]
+        for job in jobs:
+            job.result()
+    return {"outs": outs, "done": done, "snapshots": snapshots}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_writes_a_report_with_figures_tables_and_the_paper_comparison(smoke, script):
+    done = smoke["done"][script]
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = smoke["outs"][script]
+    readme = (out / "README.md").read_text()
+    for model in MODELS[script]:
+        assert model in readme
+    comparison = readme.split("## Compared with the paper", 1)[1].split("\n## ", 1)[0]
+    verdicts = ("as in the paper", "not reproduced", "as expected", "does not hold")
+    assert any(v in comparison for v in verdicts), comparison
+    assert "not real data" in readme  # smoke runs on the synthetic set: it must say so
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["command"].startswith(f"python experiments/{script}.py --scale smoke")
+    assert meta["scale"]["name"] == "smoke" and meta["versions"]["torch"] == torch.__version__
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert pngs
+    for png in pngs:
+        assert f"figures/{png.name}" in readme  # inline in the README
+        image = __import__("matplotlib.image").image.imread(png)
+        assert image.ndim == 3 and min(image.shape[:2]) > 200 and image.std() > 0
+    for name, (columns, finite) in CSVS[script].items():
+        frame = pd.read_csv(out / "data" / f"{name}.csv")
+        assert set(columns) <= set(frame.columns), name
+        assert len(frame) and np.isfinite(frame[finite].to_numpy(float)).all(), name
+    runs = pd.read_csv(out / "data" / "runs.csv")
+    assert set(runs.status) <= {"trained", "reused"}
+
+
+def test_fig7_reuses_fig6_runs_instead_of_training_again(smoke):
+    before, after = smoke["snapshots"]["fig6_cifar_depth"], smoke["snapshots"]["fig7_response_std"]
+    fig6 = set(common.SCALES["smoke"].models["fig6"])
+    fig7 = common.SCALES["smoke"].models["fig7"]
+    new = set(after) - set(before)
+    assert {name.split("-")[0] for name in new} == set(fig7) - fig6  # only resnet110 is new
+    assert all(after[name] == stamp for name, stamp in before.items())  # nothing retrained
+    runs = pd.read_csv(smoke["outs"]["fig7_response_std"] / "data" / "runs.csv")
+    status = runs.set_index("model").status
+    assert (status[[m for m in fig7 if m in fig6]] == "reused").all()
+    assert status["resnet110"] == "trained"
+    # fig6 itself reused fig1's two plain nets
+    fig6_runs = pd.read_csv(smoke["outs"]["fig6_cifar_depth"] / "data" / "runs.csv")
+    assert fig6_runs.set_index("model").status[["plain20", "plain56"]].eq("reused").all()
+
+
+TINY = dict(
+    model="resnet8",
+    synthetic_size=64,
+    synthetic_image_size=8,
+    batch_size=16,
+    iterations=6,
+    eval_every=2,
+    record_every=3,
+    checkpoint_every=2,
+    progress=False,
+)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on 2 shared cores: one thread is fastest
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_interrupted_cached_run_resumes_and_ends_as_an_uninterrupted_one(
+    tmp_path, monkeypatch, one_thread
+):
+    config = common.TrainConfig(**TINY)
+    reference = common.cached_run(config, tmp_path / "reference")
+
+    # the module, not gradflow.train the function that gradflow/__init__ may export
+    trainer = importlib.import_module("gradflow.train")
+    saved = trainer.save_checkpoint
+
+    def killed_after_first_checkpoint(path, state):
+        saved(path, state)
+        raise KeyboardInterrupt  # as if the run were killed right after writing it
+
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        common.cached_run(config, tmp_path / "cache")
+    monkeypatch.setattr(trainer, "save_checkpoint", saved)
+    folder = common.run_dir(config, tmp_path / "cache")
+    assert (folder / "checkpoint.pt").exists() and not (folder / common.DONE).exists()
+
+    resumed = common.cached_run(config, tmp_path / "cache")
+    assert resumed.meta["resumed_from_iteration"] == 2 and not resumed.meta["cache"]["reused"]
+    pd.testing.assert_frame_equal(resumed.history, reference.history)  # bit-exact resume
+    loaded = common.cached_run(replace(config, label="again"), tmp_path / "cache")
+    assert loaded.meta["cache"]["reused"] and set(loaded.history.model) == {"again"}
+    pd.testing.assert_frame_equal(
+        loaded.history.assign(model="resnet8"), reference.history, check_dtype=False
+    )
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+def test_run_key_ignores_where_and_how_a_run_goes_but_not_what_it_computes(tmp_path):
+    config = common.TrainConfig(**TINY)
+    same = replace(config, progress=True, out_dir="x", device="cpu", label="other", resume=True)
+    assert common.run_dir(same, tmp_path) == common.run_dir(config, tmp_path)
+    for change in (dict(iterations=7), dict(seed=1), dict(init="zero_gamma"), dict(lr=0.05)):
+        assert common.run_dir(replace(config, **change), tmp_path) != common.run_dir(
+            config, tmp_path
+        ), change
+    assert common.run_dir(config, tmp_path).name.startswith("resnet8-he-")
+
+
+def test_a_missing_data_directory_is_a_clear_error_with_exit_code_2(tmp_path, capsys):
+    import fig1_degradation
+
+    missing = tmp_path / "no-such-dir"
+    argv = [
+        "--scale",
+        "smoke",
+        "--data",
+        "fashion-mnist",
+        "--data-dir",
+        str(missing),
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert common.entry(fig1_degradation.main, argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and str(missing) in error
+    assert not (tmp_path / "out").exists()
