@@ -28,6 +28,7 @@ from reporting import (
     final_errors,
     gradient_log10_ratio,
     histories,
+    shown,
     versions,
 )
 from run_cache import DONE, RunFailed, cached_run, run_dir, run_key
@@ -40,7 +41,7 @@ from gradflow.train import TrainConfig, TrainResult
 __all__ = [
     "DONE", "SCALES", "Experiment", "RunFailed", "Scale", "TrainConfig", "TrainResult",
     "cached_run", "compare", "deepest_spectra", "entry", "final_errors",
-    "gradient_log10_ratio", "histories", "parse_args", "run_dir", "run_key",
+    "gradient_log10_ratio", "histories", "parse_args", "run_dir", "run_key", "shown",
 ]  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,9 +226,16 @@ class Experiment:
         )
 
     def run(
-        self, model: str, init: str = "he", *, label: str | None = None, imagenet: bool = False
+        self,
+        model: str,
+        init: str = "he",
+        *,
+        label: str | None = None,
+        imagenet: bool = False,
+        may_diverge: bool = False,
     ) -> TrainResult | None:
-        """The trained run of (model, init), from the cache if there; None if it diverged."""
+        """The trained run of (model, init), from the cache if there; if it diverged, None
+        when ``may_diverge`` (an ablation reports it), else RunFailed (exit code 2)."""
         config = replace(self.config(model, init, imagenet=imagenet), label=label)
         name = label or model
         folder = run_dir(config, self.args.cache).name
@@ -236,8 +244,10 @@ class Experiment:
         try:
             result = cached_run(config, self.args.cache)
         except RunFailed as err:
+            if not may_diverge:
+                raise
             self.log(f"{name}: {err}")
-            self.runs.append({**entry, "status": "diverged", "reused": None})
+            self.runs.append({**entry, "status": "diverged"})
             return None
         finals = result.meta.get("final_error_percent", {})
         self.runs.append(
@@ -366,7 +376,13 @@ class Experiment:
             "lr 0.1 momentum 0.9 weight decay 1e-4, lr divided by 10 at 50% and 75% of the "
             f"budget, {scale.evaluations} test-set evaluations per run"
             + (f", {scale.val_size} training images held out" if scale.val_size else "")
-            + ". The paper trains 64k iterations on CIFAR-10 (section 4.2).",
+            + ". The paper trains 64k iterations on CIFAR-10 (section 4.2)."
+            + "".join(
+                f" {model} starts at lr 0.01 until a batch's training error is below 80% (at "
+                f"most {scale.warmup_iterations} iterations), as the paper's ResNet-110."
+                for model in WARMUP_MODELS
+                if any(run["model"] == model for run in self.runs)
+            ),
             f"Wall time of this script: {_duration(wall)} on {torch.get_num_threads()} torch "
             f"thread(s) ({sum(r['status'] == 'trained' for r in self.runs)} runs trained "
             f"here, {sum(r['status'] == 'reused' for r in self.runs)} reused from the cache).",

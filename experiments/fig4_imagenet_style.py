@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from common import Experiment, compare, entry, final_errors, histories, parse_args
+from common import Experiment, compare, entry, final_errors, histories, parse_args, shown
 
 from gradflow.report import Section, training_curves_figure
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             "Thin lines: training error; bold lines: test error. The paper's column is its "
             "ImageNet top-1 error: a reference for the ordering only.",
         ],
-        table=table,
+        table=shown(table),
         figures=[
             (
                 "training_curves",

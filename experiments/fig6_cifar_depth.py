@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from common import Experiment, compare, entry, final_errors, histories, parse_args
+from common import Experiment, compare, entry, final_errors, histories, parse_args, shown
 
 from gradflow.report import Section, training_curves_figure
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             "paper's column is its CIFAR-10 result after 64k iterations: a reference for the "
             "ordering, not a number this scale can match."
         ],
-        table=table,
+        table=shown(table),
         figures=[
             (
                 "training_curves",

@@ -119,3 +119,8 @@ def deepest_spectra(summary: pd.DataFrame) -> pd.DataFrame:
     table["log10_condition"] = table.largest - table.smallest
     table[["largest", "smallest"]] = 10 ** table[["largest", "smallest"]]
     return table.reset_index()
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy for a README table: missing numbers as an en dash instead of "nan"."""
+    return table.astype(object).where(table.notna(), "\u2013")

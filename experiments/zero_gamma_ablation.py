@@ -22,6 +22,7 @@ from common import (
     gradient_log10_ratio,
     histories,
     parse_args,
+    shown,
 )
 
 from gradflow.record import record
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         initial = experiment.initial_model(model, init)
         records.append(record(initial, x, y, probes=["activation_grad_norm"], label=label))
         spectra.append(experiment.spectra(initial, x, label))
-        result = experiment.run(model, init, label=label)
+        result = experiment.run(model, init, label=label, may_diverge=True)
         if result is None:
             diverged.append(label)
         else:
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                 "real: with identity blocks the option-A shortcuts drop positions and pad "
                 "channels, so the map from the input has lower rank than the input dimension.",
             ],
-            table=table,
+            table=shown(table),
             figures=[
                 (
                     "activation_grad_norm",

@@ -261,3 +261,14 @@ def test_a_missing_data_directory_is_a_clear_error_with_exit_code_2(tmp_path, ca
     error = capsys.readouterr().err
     assert error.startswith("error: ") and str(missing) in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_diverged_run_is_remembered_and_not_trained_again(tmp_path, monkeypatch, one_thread):
+    config = common.TrainConfig(**{**TINY, "lr": 1e8, "record_every": 0})  # NaN within 2 steps
+    with pytest.raises(common.RunFailed, match="diverged"):
+        common.cached_run(config, tmp_path)
+    assert (common.run_dir(config, tmp_path) / "failed.json").exists()
+    trainer = importlib.import_module("gradflow.train")
+    monkeypatch.setattr(trainer, "_train", lambda *a: pytest.fail("trained a failed run again"))
+    with pytest.raises(common.RunFailed, match="diverged"):
+        common.cached_run(config, tmp_path)
