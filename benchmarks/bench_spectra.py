@@ -10,7 +10,8 @@ bottom-16 >= 5x faster at <= 1e-2, cumulative spectra at all 27 depths <= 4x one
     python benchmarks/bench_spectra.py --contrast   # plain56 vs resnet56 at init
 
 ``--contrast`` prints, for plain56 and resnet56 at init, the exact (dense SVD) cumulative
-spectra from the input to blocks 1, 9, 18, 27 (largest, smallest, log10 condition), and the
+spectra from the input to blocks 1, 9, 18, 27 in float64 (largest, smallest, log10
+condition), and the
 time of ``block_spectra`` with its cheap defaults (what ``gradflow analyze`` runs).
 """
 
@@ -57,15 +58,14 @@ def contrast() -> None:
     """Exact cumulative spectra of plain56 vs resnet56 at init, and the default-settings cost."""
     from gradflow.spectra import summarize_spectra
 
-    torch.set_num_threads(2)
     probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     print(f"{'model':9} {'depth':>5} {'largest':>10} {'smallest':>10} {'log10 cond':>10}")
     for name in ("plain56", "resnet56"):
         model = gf.create_model(name)
         _, default_time = timed(block_spectra, model, probe, model_name=name)
-        exact = block_spectra(
-            model, probe, k=4, depths=[1, 9, 18, 27], samples=1, operators=("prod",),
-            method="dense", hutchinson=0, model_name=name,
+        exact = block_spectra(  # float64: plain56's condition numbers exceed 1/eps(float32)
+            model.double(), probe.double(), k=4, depths=[1, 9, 18, 27], samples=1,
+            operators=("prod",), method="dense", hutchinson=0, model_name=name,
         )  # fmt: skip
         for _, row in summarize_spectra(exact).iterrows():
             print(f"{name:9} {row.depth:5d} {row.largest:10.4g} {row.smallest:10.4g} "
@@ -78,21 +78,33 @@ def main() -> None:
     parser.add_argument("--maps", default="stage1,stage3")
     parser.add_argument("--skip-cumulative", action="store_true")
     parser.add_argument("--contrast", action="store_true", help="plain56 vs resnet56 at init")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (1: on a shared 2-core machine, 2 threads that wait on each other "
+        "at every small op made the batched products 15x slower, the big baseline only 4x)",
+    )  # fmt: skip
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.contrast:
         return contrast()
-    torch.set_num_threads(2)
     torch.manual_seed(0)
     model = gf.create_model("resnet56")
     probe = torch.randn(8, 3, 32, 32)
     twin = calibrated_copy(model, probe)
     x = probe[:1]
-    rows = []
+    header = (f"{'map':8} {'method':26} {'which':9} {'seconds':>8} {'speedup':>8} {'goal':>10} "
+              f"{'max rel err':>12} {'matvecs':>8}")  # fmt: skip
+    print(header, flush=True)
+
+    def show(name, method, which, seconds, speedup, goal, error, matvecs):
+        print(f"{name:8} {method:26} {which:9} {seconds:8.2f} {speedup:8.1f} {goal:>10} "
+              f"{error:12.2e} {matvecs:8d}", flush=True)  # fmt: skip
+
     for name in args.maps.split(","):
         stage = {"stage1": 1, "stage3": 3}[name]
         fn = stage_map(twin, stage)
         exact, base_time = timed(baseline, fn, x)
-        rows.append((name, "baseline jacfwd+svdvals", "all", base_time, 1.0, "", 0.0, x.numel()))
+        show(name, "baseline jacfwd+svdvals", "all", base_time, 1.0, "", 0.0, x.numel())
         runs = [
             ("lanczos", "largest", dict(tol=1e-2), "20x, 1e-3"),
             ("lanczos", "smallest", dict(tol=1e-2, max_matvecs=1024), "5x, 1e-2"),
@@ -102,15 +114,8 @@ def main() -> None:
             result, seconds = timed(
                 singular_values, fn, x, k=16, which=which, method=method, **options
             )
-            rows.append(
-                (name, f"gradflow {method}", which, seconds, base_time / seconds, goal,
-                 relative_error(result, exact), result.matvecs)
-            )  # fmt: skip
-    print(f"{'map':8} {'method':26} {'which':9} {'seconds':>8} {'speedup':>8} {'goal':>10} "
-          f"{'max rel err':>12} {'matvecs':>8}")  # fmt: skip
-    for name, method, which, seconds, speedup, goal, error, matvecs in rows:
-        print(f"{name:8} {method:26} {which:9} {seconds:8.2f} {speedup:8.1f} {goal:>10} "
-              f"{error:12.2e} {matvecs:8d}")  # fmt: skip
+            show(name, f"gradflow {method}", which, seconds, base_time / seconds, goal,
+                 relative_error(result, exact), result.matvecs)  # fmt: skip
     if args.skip_cumulative:
         return
     options = dict(k=16, which="largest", operators=("prod",), samples=1, hutchinson=0,

@@ -15,6 +15,7 @@ from gradflow.spectra import (
     spectral_density,
     summarize_spectra,
 )
+from gradflow.spectra.blocks import _resolve_depths
 from gradflow.state import ModelState
 
 
@@ -157,11 +158,15 @@ def test_block_spectra_on_zoo_models_has_the_schema_and_operators():
     x = torch.randn(2, 3, 8, 8)
     for name, operators in (("plain20", {"J_H", "prod"}), ("resnet20", {"I+J_F", "J_F", "prod"})):
         model = gf.create_model(name)
+        assert _resolve_depths("auto", model.named_blocks()) == [1, 3, 6, 9]  # stage ends
         frame = block_spectra(
-            model, x, k=2, samples=2, max_matvecs=16, hutchinson=2, model_name=name
+            model, x, k=2, depths=[1, 9], samples=2, max_matvecs=16, hutchinson=2, model_name=name
         )
+        assert list(frame.columns[:9]) == [
+            "model", "depth", "block", "stage", "operator", "sample", "index", "sigma", "error"
+        ]  # fmt: skip
         assert set(frame["operator"]) == operators
-        assert sorted(frame["depth"].unique()) == [1, 3, 6, 9]  # first block + stage ends
+        assert set(frame["block"]) == {"stage1.block1", "stage3.block3"}
         assert set(frame["sample"]) == {0, 1}
         summary = summarize_spectra(frame)
         assert {"largest", "smallest", "log10_condition", "mean_sq_estimate"} <= set(summary)
