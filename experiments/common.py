@@ -24,6 +24,7 @@ import torch
 from reporting import (
     PAPER,
     compare,
+    compare_rows,
     deepest_spectra,
     final_errors,
     gradient_log10_ratio,
@@ -40,7 +41,7 @@ from gradflow.train import TrainConfig, TrainResult
 
 __all__ = [
     "DONE", "SCALES", "Experiment", "RunFailed", "Scale", "TrainConfig", "TrainResult",
-    "cached_run", "compare", "deepest_spectra", "entry", "final_errors",
+    "cached_run", "compare", "compare_rows", "deepest_spectra", "entry", "final_errors",
     "gradient_log10_ratio", "histories", "parse_args", "run_dir", "run_key", "shown",
 ]  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from common import Experiment, compare, entry, final_errors, histories, parse_args, shown
+from common import Experiment, compare_rows, entry, final_errors, histories, parse_args, shown
 
 from gradflow.report import Section, training_curves_figure
 
@@ -60,48 +60,23 @@ def main(argv: list[str] | None = None) -> None:
     final = table.set_index("model")
     train = history[(history.quantity == "error") & (history.split == "train")]
     first = train[train.step == train.step.min()].set_index("model").value
+    final["first_train_error"] = first
     comparisons = [
-        compare(
-            "plain34",
-            final.train_error["plain34"],
-            "plain18",
-            final.train_error["plain18"],
-            quantity="training error",
-            expected="higher",
-            paper=f"{FIGURE_4} left: plain-34 has higher training error than plain-18",
-        ),
-        compare(
-            "resnet34",
-            final.train_error["resnet34"],
-            "resnet18",
-            final.train_error["resnet18"],
-            quantity="training error",
-            expected="lower",
-            paper=f"{FIGURE_4} right: ResNet-34 has lower training error than ResNet-18",
-        ),
-        compare(
-            "resnet34",
-            final.test_error["resnet34"],
-            "plain34",
-            final.test_error["plain34"],
-            quantity="test error",
-            expected="lower",
-            paper="Table 2: top-1 error 25.03% (ResNet-34) vs 28.54% (plain-34)",
-        ),
-    ]
-    for depth in ("18", "34"):
-        comparisons.append(
-            compare(
-                f"resnet{depth}",
-                first[f"resnet{depth}"],
-                f"plain{depth}",
-                first[f"plain{depth}"],
-                quantity="training error at the first logged iteration",
-                expected="lower",
-                verb="has",
-                paper=f"{FIGURE_4}: ResNets converge faster early on",
-            )
-        )
+        compare_rows(final, "plain34", "plain18", "train_error", quantity="training error",
+                     expected="higher",
+                     paper=f"{FIGURE_4} left: plain-34 has higher training error than plain-18"),
+        compare_rows(final, "resnet34", "resnet18", "train_error", quantity="training error",
+                     expected="lower",
+                     paper=f"{FIGURE_4} right: ResNet-34 has lower training error than ResNet-18"),
+        compare_rows(final, "resnet34", "plain34", "test_error", quantity="test error",
+                     expected="lower",
+                     paper="Table 2: top-1 error 25.03% (ResNet-34) vs 28.54% (plain-34)"),
+    ] + [
+        compare_rows(final, f"resnet{depth}", f"plain{depth}", "first_train_error",
+                     quantity="training error at the first logged iteration", expected="lower",
+                     verb="has", paper=f"{FIGURE_4}: ResNets converge faster early on")
+        for depth in ("18", "34")
+    ]  # fmt: skip
     section = Section(
         "Training and test error (Figure 4 layout)",
         paragraphs=[

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from common import Experiment, compare, entry, final_errors, histories, parse_args, shown
+from common import Experiment, compare_rows, entry, final_errors, histories, parse_args, shown
 
 from gradflow.report import Section, training_curves_figure
 
@@ -33,50 +33,26 @@ def main(argv: list[str] | None = None) -> None:
     final = table.set_index("model")
     plain = [m for m in results if m.startswith("plain")]
     resnet = [m for m in results if m.startswith("resnet")]
+    shallow, deep = plain[0], plain[-1]
     comparisons = [
-        compare(
-            plain[-1],
-            final.train_error[plain[-1]],
-            plain[0],
-            final.train_error[plain[0]],
-            quantity="training error",
-            expected="higher",
-            paper=f"{FIGURE_6} left: deeper plain nets have higher training error",
-        ),
-        compare(
-            resnet[-1],
-            final.train_error[resnet[-1]],
-            resnet[0],
-            final.train_error[resnet[0]],
-            quantity="training error",
-            expected="lower",
-            paper=f"{FIGURE_6} middle: deeper ResNets have lower training error",
-        ),
-        compare(
-            resnet[-1],
-            final.test_error[resnet[-1]],
-            resnet[0],
-            final.test_error[resnet[0]],
-            quantity="test error",
-            expected="lower",
-            paper=f"Table 6: {resnet[0]} {PAPER_TABLE_6.get(resnet[0])}%, {resnet[-1]} "
-            f"{PAPER_TABLE_6.get(resnet[-1])}% on CIFAR-10",
-        ),
-    ]
-    for p in plain:
-        r = p.replace("plain", "resnet")
-        if r in final.index:
-            comparisons.append(
-                compare(
-                    r,
-                    final.train_error[r],
-                    p,
-                    final.train_error[p],
-                    quantity="training error",
-                    expected="lower",
-                    paper=f"{FIGURE_6}: a ResNet trains better than its plain twin",
-                )
-            )
+        compare_rows(final, deep, shallow, "train_error", quantity="training error",
+                     expected="higher",
+                     paper=f"{FIGURE_6} left: deeper plain nets have higher training error"),
+        compare_rows(final, resnet[-1], resnet[0], "train_error", quantity="training error",
+                     expected="lower",
+                     paper=f"{FIGURE_6} middle: deeper ResNets have lower training error"),
+        compare_rows(final, resnet[-1], resnet[0], "test_error", quantity="test error",
+                     expected="lower",
+                     paper=f"Table 6: {resnet[0]} {PAPER_TABLE_6.get(resnet[0])}%, "
+                     f"{resnet[-1]} {PAPER_TABLE_6.get(resnet[-1])}% on CIFAR-10"),
+    ]  # fmt: skip
+    for twin in plain:
+        residual = twin.replace("plain", "resnet")
+        if residual in final.index:
+            comparisons.append(compare_rows(
+                final, residual, twin, "train_error", quantity="training error",
+                expected="lower", paper=f"{FIGURE_6}: a ResNet trains better than its plain twin",
+            ))  # fmt: skip
     panels = {"plain nets": plain, "ResNets": resnet}
     section = Section(
         "Training and test error vs depth (Figure 6 layout, Table 6 numbers)",

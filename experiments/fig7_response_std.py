@@ -12,7 +12,7 @@ import itertools
 import sys
 
 import pandas as pd
-from common import Experiment, compare, entry, parse_args
+from common import Experiment, compare_rows, entry, parse_args
 
 from gradflow.record import record
 from gradflow.report import Section, response_std_figure
@@ -35,39 +35,20 @@ def main(argv: list[str] | None = None) -> None:
         .agg(layers="count", mean_std="mean", median_std="median", max_std="max")
         .reset_index()
     )
-    mean = table.set_index("model").mean_std
-    comparisons = []
-    for plain in [m for m in mean.index if m.startswith("plain")]:
-        residual = plain.replace("plain", "resnet")
-        if residual in mean.index:
-            comparisons.append(
-                compare(
-                    residual,
-                    mean[residual],
-                    plain,
-                    mean[plain],
-                    quantity="mean response std",
-                    expected="lower",
-                    verb="has",
-                    unit="",
-                    paper=f"{FIGURE_7}: ResNets have generally smaller responses than plain nets",
-                )
-            )
-    resnets = [m for m in mean.index if m.startswith("resnet")]
-    for shallower, deeper in itertools.pairwise(resnets):
-        comparisons.append(
-            compare(
-                deeper,
-                mean[deeper],
-                shallower,
-                mean[shallower],
-                quantity="mean response std",
-                expected="lower",
-                verb="has",
-                unit="",
-                paper=f"{FIGURE_7}: deeper ResNets have smaller magnitudes of responses",
-            )
-        )
+    summary = table.set_index("model")
+    options = dict(quantity="mean response std", expected="lower", verb="has", unit="")
+    comparisons = [
+        compare_rows(summary, plain.replace("plain", "resnet"), plain, "mean_std", **options,
+                     paper=f"{FIGURE_7}: ResNets have generally smaller responses than plain nets")
+        for plain in summary.index
+        if plain.startswith("plain") and plain.replace("plain", "resnet") in summary.index
+    ]  # fmt: skip
+    resnets = [m for m in summary.index if m.startswith("resnet")]
+    comparisons += [
+        compare_rows(summary, deeper, shallower, "mean_std", **options,
+                     paper=f"{FIGURE_7}: deeper ResNets have smaller magnitudes of responses")
+        for shallower, deeper in itertools.pairwise(resnets)
+    ]  # fmt: skip
     section = Section(
         "Layer responses (Figure 7 layout)",
         paragraphs=[

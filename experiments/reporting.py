@@ -86,7 +86,8 @@ def final_errors(results: dict[str, TrainResult]) -> pd.DataFrame:
                 "best_test_error": float(test.min()),
             }
         )
-    return pd.DataFrame(rows)
+    columns = ["model", "params", "train_error", "test_error", "best_test_error"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def histories(results: dict[str, TrainResult]) -> pd.DataFrame:
@@ -108,19 +109,32 @@ def gradient_log10_ratio(records: pd.DataFrame) -> pd.Series:
 
 
 def deepest_spectra(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model (and step): the cumulative spectrum at the deepest depth, samples averaged
-    in log space: largest, smallest singular value and log10 condition number."""
+    """Per model (and step): the cumulative spectrum at the deepest depth measured, samples
+    averaged in log space: largest, RMS (sqrt of Hutchinson's ||J||_F^2 / dim) and smallest
+    computed singular value; log10_spread = log10(largest / RMS), which needs no smallest
+    value (1 for an isometry: 0), and log10_condition = log10(largest / smallest)."""
     keys = [k for k in ("model", "step") if k in summary]
     prod = summary[summary.operator == "prod"]
     last = prod[prod.depth == prod.groupby(keys)["depth"].transform("max")]
     with np.errstate(divide="ignore"):  # an exact 0 gives -inf: condition number inf
-        logs = last.assign(largest=np.log10(last.largest), smallest=np.log10(last.smallest))
-    table = logs.groupby(keys, sort=False)[["depth", "largest", "smallest"]].mean()
+        logs = last.assign(
+            largest=np.log10(last.largest),
+            rms=0.5 * np.log10(last.mean_sq_estimate.astype(float)),
+            smallest=np.log10(last.smallest),
+        )
+    table = logs.groupby(keys, sort=False)[["depth", "largest", "rms", "smallest"]].mean()
+    table["log10_spread"] = table.largest - table.rms
     table["log10_condition"] = table.largest - table.smallest
-    table[["largest", "smallest"]] = 10 ** table[["largest", "smallest"]]
+    table[["largest", "rms", "smallest"]] = 10 ** table[["largest", "rms", "smallest"]]
     return table.reset_index()
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:
     """A copy for a README table: missing numbers as an en dash instead of "nan"."""
     return table.astype(object).where(table.notna(), "\u2013")
+
+
+def compare_rows(table: pd.DataFrame, subject: str, other: str, column: str, **options) -> str:
+    """``compare`` of two rows of ``table`` (index labels) in ``column``."""
+    value, other_value = float(table.at[subject, column]), float(table.at[other, column])
+    return compare(subject, value, other, other_value, **options)

@@ -272,3 +272,31 @@ def test_a_diverged_run_is_remembered_and_not_trained_again(tmp_path, monkeypatc
     monkeypatch.setattr(trainer, "_train", lambda *a: pytest.fail("trained a failed run again"))
     with pytest.raises(common.RunFailed, match="diverged"):
         common.cached_run(config, tmp_path)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "small", "full"])
+def test_every_scale_preset_names_real_models_inits_and_valid_settings(scale, one_thread):
+    # one_thread restores torch's thread count, which Experiment sets from the preset
+    from gradflow.models import get_model_info
+
+    preset = common.SCALES[scale]
+    assert set(preset.models) == {"fig1", "fig6", "fig4", "fig7", "zero_gamma", "jacobian"}
+    args = common.parse_args("fig6_cifar_depth.py", "", ["--scale", scale, "--quiet"])
+    for key in preset.models:
+        experiment = common.Experiment(args, key)
+        for model, init in experiment.models():
+            get_model_info(model)  # raises for an unknown name
+            assert init in common.INITS
+            config = experiment.config(model, init, imagenet=key == "fig4")
+            config.validate()
+            assert config.eval_every * preset.evaluations <= config.iterations
+            assert (config.warmup_iterations > 0) == (model == "resnet110")
+    # runs shared between scripts must be the same config: fig7 reuses fig6, zero_gamma fig7
+    assert set(preset.models["fig7"]) - {"resnet110"} <= set(preset.models["fig6"])
+    assert "resnet56:he" in preset.models["zero_gamma"] or scale == "smoke"
+    if scale == "full":
+        assert "resnet110" in preset.models["fig6"] and preset.iterations == 64_000
+        assert preset.val_size == 5000 and preset.data == "cifar10"
+    if scale == "small":
+        assert preset.data == "fashion-mnist" and preset.batch_size == 128
+        assert experiment.config("plain20").pad_to == 32
