@@ -11,18 +11,15 @@ frame and meta.json (command, data, scale, wall time, versions, which runs were 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from reporting import (
-    PAPER,
     compare,
     compare_rows,
     deepest_spectra,
@@ -30,19 +27,19 @@ from reporting import (
     gradient_log10_ratio,
     histories,
     shown,
-    versions,
+    write_report,
 )
 from run_cache import DONE, RunFailed, cached_run, run_dir, run_key
 from torch import nn
 
-from gradflow import io as gio
 from gradflow.errors import UserInputError
 from gradflow.train import TrainConfig, TrainResult
 
 __all__ = [
-    "DONE", "SCALES", "Experiment", "RunFailed", "Scale", "TrainConfig", "TrainResult",
-    "cached_run", "compare", "compare_rows", "deepest_spectra", "entry", "final_errors",
-    "gradient_log10_ratio", "histories", "parse_args", "run_dir", "run_key", "shown",
+    "DONE", "INITS", "SCALES", "STEP_SECONDS", "Experiment", "RunFailed", "Scale",
+    "TrainConfig", "TrainResult", "cached_run", "compare", "compare_rows", "deepest_spectra",
+    "entry", "final_errors", "gradient_log10_ratio", "histories", "parse_args", "run_dir",
+    "run_key", "shown",
 ]  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,23 +81,25 @@ PAPER_MODELS = {
     "jacobian": ("plain20", "resnet20", "plain56", "resnet56", "resnet110"),
 }
 
-# Step times measured on this 2-core machine (shared with other jobs, load 3-6), batch 128,
-# 1 x 32 x 32, one torch thread (wall ~= CPU time), SGD step incl. forward and backward, and
-# one eval pass of 500 images: plain20 0.44 s / 0.74 s, resnet20 0.43 / 0.70, plain32
-# 0.66 / 0.75, resnet32 0.70 / 1.23, plain44 0.91 / 1.41, resnet44 0.97 / 1.31, plain56
-# 1.17 / 1.37, resnet56 1.27 / 1.81, resnet110 2.45 / 3.07; ImageNet-style nets: plain18
-# 0.38 / 0.33, resnet18 0.39 / 0.36, plain34 0.72 / 0.63, resnet34 0.73 / 0.64. A
-# Fashion-MNIST test pass is 10,000 images (20 x the 500 above). Two threads were 6x slower
-# per step here (plain20 2.9 s wall and CPU vs 0.44 s on one thread: the pool spins against
-# the other processes), so the small scale uses one thread.
-# Small-scale budget, 300 iterations (1000 for ImageNet-style nets) and 5 test passes per
-# run; in the order of reports/README.md (later scripts reuse earlier runs) / standalone:
-#   fig1        plain20, plain56             1.61 s/it: 8 + 3.5 min eval        ~12 / 12 min
-#   fig6        8 nets (6 new after fig1)    4.93 (6.54) s/it: 25 + 12 min      ~37 / 48 min
-#   fig7        5 nets (resnet110 new)       2.45 (5.75) s/it: 12 + 5 min       ~17 / 42 min
-#   zero_gamma  6 runs (4 new)               6.26 (9.97) s/it: 31 + 14 min      ~45 / 72 min
-#   jacobian    4 nets, all reused: spectra only (~1.5 s per depth and sample)  ~6 / 40 min
-#   fig4        4 ImageNet-style nets        2.22 s/it: 37 + 3.3 min            ~40 / 40 min
+# Seconds per SGD step (forward + backward + update, batch 128, 1 x 32 x 32, one torch thread)
+# and per 500 evaluated images, measured on this 2-core machine while shared with other
+# jobs (load 3-6; wall ~= CPU time). Two threads were slower here (plain20: 0.71-2.9 s per
+# step vs 0.44 s: the pool competes with the other processes), so small scale uses one.
+STEP_SECONDS = {
+    "plain20": (0.44, 0.74), "resnet20": (0.43, 0.70), "plain32": (0.66, 0.75),
+    "resnet32": (0.70, 1.23), "plain44": (0.91, 1.41), "resnet44": (0.97, 1.31),
+    "plain56": (1.17, 1.37), "resnet56": (1.27, 1.81), "resnet110": (2.45, 3.07),
+    "plain18": (0.38, 0.33), "resnet18": (0.39, 0.36), "plain34": (0.72, 0.63),
+    "resnet34": (0.73, 0.64),
+}  # fmt: skip
+# An end-to-end check (12 iterations, one Fashion-MNIST test pass of 10,000 images, two
+# Recorder steps, two checkpoints): plain20 22.9 s, resnet56 43.3 s (estimate: 21.3, 51.4).
+# Small-scale budget, from ``Experiment.estimate_seconds`` (``--plan`` prints it): 300
+# iterations (1000 for ImageNet-style nets) and 5 test passes per run; minutes in the order
+# of reports/README.md (later scripts reuse earlier runs) / standalone, training and
+# evaluation only (spectra add ~1.5-3 s per depth and sample):
+#   fig1 12 / 12, fig6 37 / 48, fig7 17 / 42, zero_gamma 45 / 72, jacobian 0 / 24, fig4 40 / 40
+# (zero_gamma and jacobian add ~4-5 min of spectra).
 SMALL = Scale(
     name="small", data="fashion-mnist", image_size=32, synthetic_size=None, iterations=300,
     imagenet_iterations=1000, batch_size=128, evaluations=5, records=2, checkpoints=5,
@@ -158,6 +157,9 @@ def parse_args(script: str, description: str, argv: list[str] | None) -> argpars
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--plan", action="store_true", help="list the runs and the estimated time, then stop"
+    )
     args = parser.parse_args(argv)
     args.experiment = experiment
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -263,6 +265,41 @@ class Experiment:
         )
         return result
 
+    def estimate_seconds(self) -> pd.DataFrame:
+        """Per run: cached or not, and the estimated training + evaluation seconds on the
+        machine of STEP_SECONDS (scaled by batch size and image area; NaN if unmeasured)."""
+        rows = []
+        test_images = {"synthetic": 2000}.get(self.data, 10_000)
+        area = (self.scale.image_size if self.data == "synthetic" else 32) ** 2 / 1024
+        for model, init in self.models():
+            config = self.config(model, init, imagenet=self.key == "fig4")
+            step, per_500 = STEP_SECONDS.get(model, (np.nan, np.nan))
+            passes = config.iterations // config.eval_every + (
+                config.iterations % config.eval_every > 0
+            )
+            seconds = area * (
+                config.iterations * step * config.batch_size / 128
+                + passes * per_500 * test_images / 500
+            )
+            cached = (run_dir(config, self.args.cache) / DONE).exists()
+            rows.append({"model": model, "init": init, "iterations": config.iterations,
+                         "cached": cached, "seconds": 0.0 if cached else seconds,
+                         "standalone_seconds": seconds})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def plan(self) -> bool:
+        """With --plan: print the runs and the estimate, and return True (the script stops)."""
+        if not self.args.plan:
+            return False
+        runs = self.estimate_seconds()
+        print(runs.to_string(index=False))
+        print(
+            f"estimated training + evaluation: {runs.seconds.sum() / 60:.0f} min with this "
+            f"cache, {runs.standalone_seconds.sum() / 60:.0f} min from scratch "
+            "(step times of a shared 2-core CPU, one thread; see experiments/common.py)"
+        )
+        return True
+
     def dataset(self, split: str = "test"):
         """A split of this experiment's data, loaded exactly as the trainer loads it."""
         from gradflow.data import load_dataset
@@ -311,86 +348,8 @@ class Experiment:
             seed=self.args.seed,
         )
 
-    # --------------------------------------------------------------------------- report
     def write_report(
         self, title: str, sections: list, frames: dict[str, pd.DataFrame], comparisons: list[str]
     ) -> Path:
         """README.md (+ figures/*.png), data/<frame>.csv and meta.json into ``--out``."""
-        from gradflow.report import Report, Section
-
-        out = Path(self.args.out)
-        wall = time.perf_counter() - self.started
-        runs = pd.DataFrame(self.runs)
-        header = Section("How this report was made", paragraphs=self._header(wall))
-        compared = Section(
-            "Compared with the paper",
-            paragraphs=[*comparisons, f"Paper: {PAPER} (numbers as in PAPER_FACTS.md)."],
-        )
-        runs_section = Section(
-            "Training runs",
-            paragraphs=[
-                "Trained here or reused from the run cache (--cache; same training settings, "
-                "same run). Errors in %, the last logged value; train_wall_s is the time the "
-                "run took when it was trained."
-            ],
-            table=runs,
-        )
-        Report(title, [header, *sections, compared, runs_section]).write(
-            out, html_name=None, markdown_name="README.md"
-        )
-        for name, frame in {**frames, "runs": runs}.items():
-            gio.write_text(
-                out / "data" / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g")
-            )
-        meta = {
-            "experiment": self.args.experiment,
-            "command": self.command(),
-            "scale": asdict(self.scale),
-            "data": self.data,
-            "wall_seconds": round(wall, 1),
-            "versions": versions(),
-            "runs": self.runs,
-        }
-        gio.write_text(out / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
-        self.log(f"report in {out} ({wall:.1f} s)")
-        return out
-
-    def command(self) -> str:
-        script = f"experiments/{self.args.experiment}.py"
-        return shlex.join(["python", script, *self.args.argv])
-
-    def _header(self, wall: float) -> list[str]:
-        scale, data = self.scale, self.dataset("test")
-        lines = [
-            f"Command (from the repository root): `{self.command()}`",
-            f"Data: {data.description} ({data.channels} x {data.image_size} x "
-            f"{data.image_size}, {data.num_classes} classes).",
-        ]
-        if data.is_synthetic:
-            lines.append(
-                "**These are synthetic images generated in code, not real data**: the numbers "
-                "check that the pipeline works and say nothing about real images."
-            )
-        lines += [
-            f"Scale: `{scale.name}`: {scale.iterations} iterations for CIFAR-style nets "
-            f"({scale.imagenet_iterations} for ImageNet-style), batch {scale.batch_size}, SGD "
-            "lr 0.1 momentum 0.9 weight decay 1e-4, lr divided by 10 at 50% and 75% of the "
-            f"budget, {scale.evaluations} test-set evaluations per run"
-            + (f", {scale.val_size} training images held out" if scale.val_size else "")
-            + ". The paper trains 64k iterations on CIFAR-10 (section 4.2)."
-            + "".join(
-                f" {model} starts at lr 0.01 until a batch's training error is below 80% (at "
-                f"most {scale.warmup_iterations} iterations), as the paper's ResNet-110."
-                for model in WARMUP_MODELS
-                if any(run["model"] == model for run in self.runs)
-            ),
-            f"Wall time of this script: {_duration(wall)} on {torch.get_num_threads()} torch "
-            f"thread(s) ({sum(r['status'] == 'trained' for r in self.runs)} runs trained "
-            f"here, {sum(r['status'] == 'reused' for r in self.runs)} reused from the cache).",
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
-        ]
-        return lines
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+        return write_report(self, title, sections, frames, comparisons)

@@ -26,6 +26,8 @@ def share_above(history, deeper: str, shallower: str, split: str) -> tuple[int, 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__file__, __doc__.splitlines()[0], argv)
     experiment = Experiment(args, "fig1")
+    if experiment.plan():
+        return
     results = {model: experiment.run(model) for model, _ in experiment.models()}
     history = histories(results)
     table = final_errors(results)

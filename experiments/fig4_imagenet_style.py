@@ -53,6 +53,8 @@ def reductions(experiment: Experiment, model: torch.nn.Module) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__file__, __doc__.splitlines()[0], argv)
     experiment = Experiment(args, "fig4")
+    if experiment.plan():
+        return
     results = {model: experiment.run(model, imagenet=True) for model, _ in experiment.models()}
     history = histories(results)
     table = final_errors(results)

@@ -26,6 +26,8 @@ FIGURE_6 = "paper Figure 6"
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__file__, __doc__.splitlines()[0], argv)
     experiment = Experiment(args, "fig6")
+    if experiment.plan():
+        return
     results = {model: experiment.run(model) for model, _ in experiment.models()}
     history = histories(results)
     table = final_errors(results)

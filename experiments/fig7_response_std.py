@@ -23,6 +23,8 @@ FIGURE_7 = "paper Figure 7"
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__file__, __doc__.splitlines()[0], argv)
     experiment = Experiment(args, "fig7")
+    if experiment.plan():
+        return
     x, y = experiment.probe()
     frames = []
     for model, _ in experiment.models():

@@ -43,6 +43,8 @@ def measure(experiment: Experiment, model, label: str, step: int, x, y):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__file__, __doc__.splitlines()[0], argv)
     experiment = Experiment(args, "jacobian")
+    if experiment.plan():
+        return
     x, y = experiment.probe()
     records, spectra = [], []
     for model, init in experiment.models():

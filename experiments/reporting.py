@@ -7,12 +7,18 @@ the verdict that follows from them.
 
 from __future__ import annotations
 
+import json
 import platform
+import shlex
+import time
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from gradflow import io as gio
 from gradflow.train import TrainResult
 
 PAPER = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
@@ -138,3 +144,92 @@ def compare_rows(table: pd.DataFrame, subject: str, other: str, column: str, **o
     """``compare`` of two rows of ``table`` (index labels) in ``column``."""
     value, other_value = float(table.at[subject, column]), float(table.at[other, column])
     return compare(subject, value, other, other_value, **options)
+
+
+# ----------------------------------------------------------------------------- the report
+def write_report(
+    experiment, title: str, sections: list, frames: dict[str, pd.DataFrame], comparisons: list[str]
+) -> Path:
+    """README.md (+ figures/*.png), data/<frame>.csv and meta.json of ``experiment`` (an
+    ``Experiment``) into its ``--out``: a header (command, data, scale, wall time,
+    versions), the sections, "Compared with the paper" and the table of runs."""
+    from gradflow.report import Report, Section
+
+    out = Path(experiment.args.out)
+    wall = time.perf_counter() - experiment.started
+    runs = pd.DataFrame(experiment.runs)
+    header = Section("How this report was made", paragraphs=_header(experiment, wall))
+    compared = Section(
+        "Compared with the paper",
+        paragraphs=[*comparisons, f"Paper: {PAPER} (numbers as in PAPER_FACTS.md)."],
+    )
+    runs_section = Section(
+        "Training runs",
+        paragraphs=[
+            "Trained here or reused from the run cache (--cache; same training settings, "
+            "same run). Errors in %, the last logged value; train_wall_s is the time the "
+            "run took when it was trained."
+        ],
+        table=runs,
+    )
+    Report(title, [header, *sections, compared, runs_section]).write(
+        out, html_name=None, markdown_name="README.md"
+    )
+    for name, frame in {**frames, "runs": runs}.items():
+        gio.write_text(out / "data" / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g"))
+    meta = {
+        "experiment": experiment.args.experiment,
+        "command": command(experiment),
+        "scale": asdict(experiment.scale),
+        "data": experiment.data,
+        "wall_seconds": round(wall, 1),
+        "versions": versions(),
+        "runs": experiment.runs,
+    }
+    gio.write_text(out / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
+    experiment.log(f"report in {out} ({wall:.1f} s)")
+    return out
+
+
+def command(experiment) -> str:
+    """The exact command line of ``experiment``, from the repository root."""
+    script = f"experiments/{experiment.args.experiment}.py"
+    return shlex.join(["python", script, *experiment.args.argv])
+
+
+def _header(experiment, wall: float) -> list[str]:
+    """The report's first section: command, data, scale, wall time, versions."""
+    scale, data = experiment.scale, experiment.dataset("test")
+    lines = [
+        f"Command (from the repository root): `{command(experiment)}`",
+        f"Data: {data.description} ({data.channels} x {data.image_size} x "
+        f"{data.image_size}, {data.num_classes} classes).",
+    ]
+    if data.is_synthetic:
+        lines.append(
+            "**These are synthetic images generated in code, not real data**: the numbers "
+            "check that the pipeline works and say nothing about real images."
+        )
+    lines += [
+        f"Scale: `{scale.name}`: {scale.iterations} iterations for CIFAR-style nets "
+        f"({scale.imagenet_iterations} for ImageNet-style), batch {scale.batch_size}, SGD "
+        "lr 0.1 momentum 0.9 weight decay 1e-4, lr divided by 10 at 50% and 75% of the "
+        f"budget, {scale.evaluations} test-set evaluations per run"
+        + (f", {scale.val_size} training images held out" if scale.val_size else "")
+        + ". The paper trains 64k iterations on CIFAR-10 (section 4.2)."
+        + "".join(
+            f" {model} starts at lr 0.01 until a batch's training error is below 80% (at "
+            f"most {scale.warmup_iterations} iterations), as the paper's ResNet-110."
+            for model in dict.fromkeys(run["model"] for run in experiment.runs)
+            if experiment.config(model).warmup_iterations
+        ),
+        f"Wall time of this script: {_duration(wall)} on {torch.get_num_threads()} torch "
+        f"thread(s) ({sum(r['status'] == 'trained' for r in experiment.runs)} runs trained "
+        f"here, {sum(r['status'] == 'reused' for r in experiment.runs)} reused from the cache).",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+    ]
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

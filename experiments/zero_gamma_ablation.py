@@ -40,6 +40,8 @@ GOYAL = "Goyal et al. 2017 set gamma = 0 in the last BN of each residual block"
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__file__, __doc__.splitlines()[0], argv)
     experiment = Experiment(args, "zero_gamma")
+    if experiment.plan():
+        return
     x, y = experiment.probe()
     records, spectra, results, diverged = [], [], {}, []
     for model, init in experiment.models():

@@ -300,3 +300,19 @@ def test_every_scale_preset_names_real_models_inits_and_valid_settings(scale, on
     if scale == "small":
         assert preset.data == "fashion-mnist" and preset.batch_size == 128
         assert experiment.config("plain20").pad_to == 32
+
+
+def test_plan_lists_the_runs_and_an_estimate_without_training(tmp_path, capsys, one_thread):
+    import fig6_cifar_depth
+
+    argv = ["--scale", "small", "--plan", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert common.entry(fig6_cifar_depth.main, argv) == 0
+    printed = capsys.readouterr().out
+    for model in common.SCALES["small"].models["fig6"]:
+        assert model in printed
+    # 8 nets x (300 steps + 5 passes over 10,000 test images), from STEP_SECONDS
+    steps = sum(common.STEP_SECONDS[m][0] for m in common.SCALES["small"].models["fig6"])
+    evals = sum(common.STEP_SECONDS[m][1] for m in common.SCALES["small"].models["fig6"])
+    assert f"{(300 * steps + 5 * 20 * evals) / 60:.0f} min from scratch" in printed
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
