@@ -38,10 +38,15 @@ SUMMARY_COLUMNS = [
     "grad_log10_ratio",
     "response_std_min",
     "response_std_max",
+    "prod_depth",
     "prod_largest",
+    "prod_rms",
     "prod_smallest",
     "prod_log10_condition",
+    "prod_bottom_converged",
 ]
+# A smallest singular value below this fraction of the largest counts as zero (rank-deficient).
+RANK_DEFICIENT = 1e-6
 
 
 @dataclass
@@ -88,7 +93,7 @@ class AnalysisResult:
 
     def summary_text(self) -> str:
         """The terminal summary: the table, then one line per model."""
-        shown = self.summary.copy()
+        shown = self.summary.drop(columns=["prod_smallest", "prod_bottom_converged"])
         if shown["step"].nunique() == 1:
             shown = shown.drop(columns="step")
         table = shown.to_string(index=False, float_format=lambda v: f"{v:.3g}")
@@ -134,15 +139,30 @@ def verdict(row: dict) -> str:
         flow = f"gradient grows 10^{ratio:.1f}x from output to input"
     else:
         flow = f"gradient shrinks 10^{-ratio:.1f}x from output to input"
-    cond = row["prod_log10_condition"]
-    spectrum = (
-        f"cumulative Jacobian condition number 10^{cond:.1f} at full depth "
-        f"(singular values {row['prod_smallest']:.2g} .. {row['prod_largest']:.2g})"
-        if math.isfinite(cond)
-        else "cumulative Jacobian spectrum not available"
-    )
+    spectrum = _spectrum_sentence(row)
     step = f" (step {row['step']})" if row.get("step") else ""
     return f"{row['model']}{step}: {flow}; {spectrum}."
+
+
+def _spectrum_sentence(row: dict) -> str:
+    """Largest and RMS singular values of prod J at the deepest depth, and its conditioning.
+
+    The top values converge fast and the RMS (Hutchinson) is unbiased; the bottom values
+    are either converged, or Ritz upper bounds (so the condition number is a lower bound),
+    or ~0 because inactive ReLU outputs make the map rank-deficient.
+    """
+    largest, rms = row["prod_largest"], row["prod_rms"]
+    if not math.isfinite(largest):
+        return "cumulative Jacobian spectrum not available"
+    text = (
+        f"prod J to block {row['prod_depth']}: largest singular value {largest:.3g}, RMS {rms:.3g}"
+    )
+    smallest, cond = row["prod_smallest"], row["prod_log10_condition"]
+    if not smallest > RANK_DEFICIENT * largest:
+        return text + ", rank-deficient (smallest ~0: inactive ReLU outputs)"
+    if row["prod_bottom_converged"]:
+        return text + f", condition number 10^{cond:.1f}"
+    return text + f", condition number >= 10^{cond:.1f} (bottom values not converged)"
 
 
 def summarize(records: pd.DataFrame, spectra_summary: pd.DataFrame) -> pd.DataFrame:
@@ -170,7 +190,8 @@ def summarize(records: pd.DataFrame, spectra_summary: pd.DataFrame) -> pd.DataFr
 
 
 def _full_depth_spectrum(spectra_summary: pd.DataFrame, model: str, step: int) -> dict:
-    empty = {"prod_largest": np.nan, "prod_smallest": np.nan, "prod_log10_condition": np.nan}
+    """prod J at the deepest analysed depth, geometric means over the probe samples."""
+    empty = dict.fromkeys(SUMMARY_COLUMNS[6:], np.nan)
     if spectra_summary.empty:
         return empty
     part = spectra_summary[
@@ -180,14 +201,25 @@ def _full_depth_spectrum(spectra_summary: pd.DataFrame, model: str, step: int) -
     ]
     if part.empty:
         return empty
-    last = part[part["depth"] == part["depth"].max()]
-    largest = float(np.exp(np.log(last["largest"]).mean()))
-    smallest = float(np.exp(np.log(last["smallest"].clip(lower=1e-300)).mean()))
+    depth = int(part["depth"].max())
+    last = part[part["depth"] == depth]
+    largest = _geomean(last["largest"])
+    smallest = _geomean(last["smallest"])
     return {
+        "prod_depth": depth,
         "prod_largest": largest,
+        "prod_rms": float(np.sqrt(last["mean_sq_estimate"].mean())),
         "prod_smallest": smallest,
-        "prod_log10_condition": float(np.log10(largest / smallest)),
+        "prod_log10_condition": float(np.log10(largest / smallest)) if smallest > 0 else np.inf,
+        "prod_bottom_converged": bool((last["has_bottom"] & last["converged"]).all()),
     }
+
+
+def _geomean(values: pd.Series) -> float:
+    positive = values[values > 0]
+    if len(positive) < len(values):
+        return 0.0
+    return float(np.exp(np.log(positive).mean()))
 
 
 # ------------------------------------------------------------------------------ running

@@ -85,7 +85,10 @@ def test_frames_have_the_schema_and_finite_values(report):
     assert np.isfinite(spectra["sigma"]).all() and (spectra["sigma"] >= 0).all()
     summary = pd.read_csv(out / "data" / "summary.csv")
     assert list(summary["model"]) == ["plain20", "resnet20"]
-    assert np.isfinite(summary.drop(columns="model").to_numpy(dtype=float)).all()
+    numbers = summary.drop(columns=["model", "prod_log10_condition"]).to_numpy(dtype=float)
+    assert np.isfinite(numbers).all()
+    assert not summary["prod_log10_condition"].isna().any()  # +inf when rank-deficient
+    assert (summary["prod_depth"] == 9).all()
     for name in ("records", "spectra", "spectra_summary", "summary"):
         csv = pd.read_csv(out / "data" / f"{name}.csv")
         assert len(csv) == len(pd.read_parquet(out / "data" / f"{name}.parquet"))
