@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import matplotlib.image
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,7 +151,7 @@ def test_script_writes_a_report_with_figures_tables_and_the_paper_comparison(smo
     assert pngs
     for png in pngs:
         assert f"figures/{png.name}" in readme  # inline in the README
-        image = __import__("matplotlib.image").image.imread(png)
+        image = matplotlib.image.imread(png)
         assert image.ndim == 3 and min(image.shape[:2]) > 200 and image.std() > 0
     for name, (columns, finite) in CSVS[script].items():
         frame = pd.read_csv(out / "data" / f"{name}.csv")
@@ -316,3 +318,35 @@ def test_plan_lists_the_runs_and_an_estimate_without_training(tmp_path, capsys, 
     evals = sum(common.STEP_SECONDS[m][1] for m in common.SCALES["small"].models["fig6"])
     assert f"{(300 * steps + 5 * 20 * evals) / 60:.0f} min from scratch" in printed
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_training_curves_figure_draws_thin_train_and_bold_test_lines_coloured_by_depth():
+    from gradflow.report import training_curves_figure
+
+    rows = [
+        {"model": model, "step": step, "split": split, "quantity": quantity, "value": value}
+        for model, offset in (("plain20", 0), ("plain56", 5), ("resnet20", 1), ("resnet56", 2))
+        for step in (10, 20, 30)
+        for split in ("train", "test")
+        for quantity, value in (("error", 50 - step + offset + (split == "test")), ("lr", 0.1))
+    ]
+    history = pd.DataFrame(rows)
+    panels = {"plain": ["plain20", "plain56"], "residual": ["resnet20", "resnet56"]}
+    fig = training_curves_figure(history, panels)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["plain", "residual"]
+    for ax, models in zip(axes, panels.values(), strict=True):
+        lines = ax.get_lines()
+        assert len(lines) == 2 * len(models)  # train + test per model, no lr
+        for line, (model, split) in zip(lines, [(m, s) for m in models for s in ("train", "test")],
+                                        strict=True):  # fmt: skip
+            expected = history[(history.model == model) & (history.split == split)
+                               & (history.quantity == "error")]  # fmt: skip
+            assert list(line.get_xdata()) == [10, 20, 30]
+            assert list(line.get_ydata()) == expected.value.tolist()
+            assert line.get_linewidth() == (0.9 if split == "train" else 2.2)
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == models
+    # the i-th model of each panel shares its colour: plain20 with resnet20
+    assert axes[0].get_lines()[0].get_color() == axes[1].get_lines()[0].get_color()
+    assert axes[0].get_lines()[0].get_color() != axes[0].get_lines()[2].get_color()
+    plt.close(fig)
