@@ -204,9 +204,12 @@ class Experiment:
         """(model, init) pairs of this experiment at this scale ("model:init" or "model")."""
         return [tuple(f"{entry}:he".split(":")[:2]) for entry in self.scale.models[self.key]]
 
-    def config(self, model: str, init: str = "he", *, imagenet: bool = False) -> TrainConfig:
+    def config(self, model: str, init: str = "he") -> TrainConfig:
         """The one TrainConfig of (model, init) at this scale: equal settings share a run."""
+        from gradflow.models import get_model_info
+
         scale, synthetic = self.scale, self.data == "synthetic"
+        imagenet = get_model_info(model).family == "imagenet"
         iterations = scale.imagenet_iterations if imagenet else scale.iterations
         eval_every = max(1, iterations // scale.evaluations)
         return TrainConfig(
@@ -234,12 +237,11 @@ class Experiment:
         init: str = "he",
         *,
         label: str | None = None,
-        imagenet: bool = False,
         may_diverge: bool = False,
     ) -> TrainResult | None:
         """The trained run of (model, init), from the cache if there; if it diverged, None
         when ``may_diverge`` (an ablation reports it), else RunFailed (exit code 2)."""
-        config = replace(self.config(model, init, imagenet=imagenet), label=label)
+        config = replace(self.config(model, init), label=label)
         name = label or model
         folder = run_dir(config, self.args.cache).name
         self.log(f"{name}: {config.iterations} iterations (cache {folder})")
@@ -252,6 +254,7 @@ class Experiment:
             self.log(f"{name}: {err}")
             self.runs.append({**entry, "status": "diverged"})
             return None
+        result.model.cpu()  # analysis runs on the CPU, as for runs loaded from the cache
         finals = result.meta.get("final_error_percent", {})
         self.runs.append(
             {
@@ -272,7 +275,7 @@ class Experiment:
         test_images = {"synthetic": 2000}.get(self.data, 10_000)
         area = (self.scale.image_size if self.data == "synthetic" else 32) ** 2 / 1024
         for model, init in self.models():
-            config = self.config(model, init, imagenet=self.key == "fig4")
+            config = self.config(model, init)
             step, per_500 = STEP_SECONDS.get(model, (np.nan, np.nan))
             passes = config.iterations // config.eval_every + (
                 config.iterations % config.eval_every > 0
@@ -318,11 +321,11 @@ class Experiment:
         """The probe batch: ``probe_batch`` class-balanced test images (seeded)."""
         return self.dataset("test").batch(self.scale.probe_batch, seed=self.args.seed)
 
-    def initial_model(self, model: str, init: str = "he", *, imagenet: bool = False) -> nn.Module:
+    def initial_model(self, model: str, init: str = "he") -> nn.Module:
         """The weights the trainer starts (model, init) from: same seed, same constructor."""
         from gradflow.models import create_model
 
-        config = self.config(model, init, imagenet=imagenet)
+        config = self.config(model, init)
         data = self.dataset("test")
         torch.manual_seed(config.seed)
         options = {"init": config.init} if config.init else {}

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     experiment = Experiment(args, "fig4")
     if experiment.plan():
         return
-    results = {model: experiment.run(model, imagenet=True) for model, _ in experiment.models()}
+    results = {model: experiment.run(model) for model, _ in experiment.models()}
     history = histories(results)
     table = final_errors(results)
     table["paper_top1_imagenet"] = table.model.map(PAPER_TABLE_2)

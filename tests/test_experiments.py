@@ -289,10 +289,12 @@ def test_every_scale_preset_names_real_models_inits_and_valid_settings(scale, on
         for model, init in experiment.models():
             get_model_info(model)  # raises for an unknown name
             assert init in common.INITS
-            config = experiment.config(model, init, imagenet=key == "fig4")
+            config = experiment.config(model, init)
             config.validate()
             assert config.eval_every * preset.evaluations <= config.iterations
             assert (config.warmup_iterations > 0) == (model == "resnet110")
+            budget = preset.imagenet_iterations if key == "fig4" else preset.iterations
+            assert config.iterations == budget
     # runs shared between scripts must be the same config: fig7 reuses fig6, zero_gamma fig7
     assert set(preset.models["fig7"]) - {"resnet110"} <= set(preset.models["fig6"])
     assert "resnet56:he" in preset.models["zero_gamma"] or scale == "smoke"
