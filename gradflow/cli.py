@@ -113,6 +113,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         steps=args.steps,
         checkpoint=args.checkpoint,
         progress=not args.quiet,
+        threads=args.threads,
     )
     result.save(out, overwrite=args.force)
     print(result.summary_text())
@@ -190,6 +191,13 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--force", action="store_true", help="replace --out if it exists and is not empty"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: robust on a busy machine and the same bits on "
+        "any core count; 0 keeps torch's default)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=cmd_analyze)

@@ -286,6 +286,18 @@ SPECTRA_NOTE = (
 )
 
 
+def _trivial_response_note(records: pd.DataFrame) -> list[str]:
+    """Say so when every response std is ~1: BN with gamma = 1 in train mode at init."""
+    stds = records[records["quantity"] == "response_std"]["value"]
+    if len(stds) and (stds - 1).abs().max() < 0.02:
+        return [
+            "Here every response std is within 2% of 1: at initialisation BatchNorm "
+            "(gamma = 1, batch statistics) normalises every response, so the Figure 7 "
+            "contrast can only appear after training (use --steps N or --checkpoint)."
+        ]
+    return []
+
+
 def build_analysis_report(result) -> Report:
     """The report of ``gradflow analyze``: summary, backward, forward and spectra sections."""
     meta = result.meta
@@ -340,7 +352,8 @@ def build_analysis_report(result) -> Report:
                 "the nonlinearity and before the residual addition, over the batch and all "
                 "positions and channels; (a) in forward order, (b) sorted descending. "
                 "He et al. report that ResNets have generally smaller responses than plain "
-                "nets, and deeper ResNets smaller ones still (at convergence)."
+                "nets, and deeper ResNets smaller ones still (at convergence).",
+                *_trivial_response_note(result.records),
             ],
             figures=[
                 (

@@ -225,7 +225,7 @@ def test_help_documents_every_option_with_an_example():
     result = gradflow("analyze", "--help")
     assert result.returncode == 0
     options = "--model --data --data-dir --batch-size --samples --k --depths --seed --device "
-    options += "--init --steps --checkpoint --out --force --quiet"
+    options += "--init --steps --checkpoint --out --force --threads --quiet"
     for option in options.split():
         assert option in result.stdout
     assert "gradflow analyze --model plain56 --model resnet56" in result.stdout
@@ -236,3 +236,23 @@ def test_device_that_is_not_there():
         pytest.skip("this machine has CUDA")
     result = gradflow("analyze", "--model", "resnet8", "--device", "cuda", *TINY)
     assert_user_error(result, "no CUDA device")
+
+
+def test_api_analyses_at_init_and_after_steps_and_restores_global_state():
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    result = gf.analyze(
+        "resnet8", batch_size=8, samples=1, k=2, depths="1,3", steps=3, progress=False, threads=1
+    )
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert list(result.summary["step"]) == [0, 3]
+    assert set(result.records["step"]) == {0, 3} and set(result.spectra["step"]) == {0, 3}
+    before, after = (
+        result.records[
+            (result.records["step"] == s) & (result.records["quantity"] == "weight_norm")
+        ]
+        for s in (0, 3)
+    )
+    assert not np.allclose(before["value"], after["value"])  # it did train in between
+    assert [line.split(":")[0] for line in result.verdicts()] == ["resnet8", "resnet8 (step 3)"]
+    assert {p["phase"] for p in result.meta["phase_seconds"]} == {"record", "spectra", "train"}
