@@ -4,7 +4,8 @@
 change the result (not where or how it runs, not its label) and trains it into
 ``cache_dir/<model>-<init>-<hash>/`` with the trainer's own outputs (checkpoint.pt,
 history/records frames, final.pt, meta.json). A folder with meta.json holds a finished run
-and is loaded; one with only a checkpoint is an interrupted run and resumes exactly.
+and is loaded (its checkpoint is deleted when the run ends: final.pt keeps the weights); a
+folder with only a checkpoint is an interrupted run and resumes exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from gradflow import io as gio
 from gradflow.errors import UserInputError
-from gradflow.train import RESUMABLE_CHANGES, TrainConfig, TrainResult, train
+from gradflow.train import CHECKPOINT, RESUMABLE_CHANGES, TrainConfig, TrainResult, train
 
 
 def run_key(config: TrainConfig) -> dict:
@@ -70,6 +71,9 @@ def cached_run(config: TrainConfig, cache_dir: str | Path) -> TrainResult:
             gio.write_text(folder / FAILED, json.dumps({"error": str(err)}) + "\n")
             raise RunFailed(str(err)) from None
         result.meta["cache"] = {"dir": str(folder), "reused": False}
+        # finished: final.pt holds the weights; the checkpoint (weights + optimizer state, 3x
+        # the size) only served to resume, and the run is never extended under this key
+        (folder / CHECKPOINT).unlink(missing_ok=True)
     for frame in (result.history, result.records):
         if "model" in frame:
             frame["model"] = label

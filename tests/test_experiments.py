@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -114,8 +116,8 @@ def _snapshot(cache: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> dict:
-    """Run every script once at smoke scale; return out dirs, results, cache snapshots."""
+def smoke(tmp_path_factory) -> Iterator[dict]:
+    """Run every script once at smoke scale; yield out dirs, results, cache snapshots."""
     root = tmp_path_factory.mktemp("experiments")
     outs = {script: root / script for script in SCRIPTS}
     snapshots, done = {}, {}
@@ -125,11 +127,13 @@ def smoke(tmp_path_factory) -> dict:
             done[script] = _run(script, outs[script], cache)
             snapshots[script] = _snapshot(cache) if cache.exists() else {}
 
+    caches = [root / f"cache{i}" for i in range(len(CHAINS))]
     with ThreadPoolExecutor(2) as pool:  # two processes at once: the machine has 2 cores
-        jobs = [pool.submit(chain, scripts, root / f"cache{i}") for i, scripts in enumerate(CHAINS)]
-        for job in jobs:
+        for job in [pool.submit(chain, *pair) for pair in zip(CHAINS, caches, strict=True)]:
             job.result()
-    return {"outs": outs, "done": done, "snapshots": snapshots}
+    yield {"outs": outs, "done": done, "snapshots": snapshots, "caches": caches}
+    for cache in caches:  # trained weights of 22 runs: no need to keep them in /tmp
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -221,6 +225,7 @@ def test_interrupted_cached_run_resumes_and_ends_as_an_uninterrupted_one(
 
     resumed = common.cached_run(config, tmp_path / "cache")
     assert resumed.meta["resumed_from_iteration"] == 2 and not resumed.meta["cache"]["reused"]
+    assert not (folder / "checkpoint.pt").exists() and (folder / "final.pt").exists()
     pd.testing.assert_frame_equal(resumed.history, reference.history)  # bit-exact resume
     loaded = common.cached_run(replace(config, label="again"), tmp_path / "cache")
     assert loaded.meta["cache"]["reused"] and set(loaded.history.model) == {"again"}
