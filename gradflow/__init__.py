@@ -30,7 +30,7 @@ from .spectra import (
     summarize_spectra,
 )
 from .state import ModelState, preserved_buffers, preserved_rng
-from .train import TrainConfig, TrainResult, train
+from .train import TrainConfig, TrainResult  # train() stays gradflow.train.train
 
 __version__ = "0.1.0"
 
@@ -67,6 +67,5 @@ __all__ = [
     "summarize_spectra",
     "testing",
     "to_wide",
-    "train",
     "train_val_split",
 ]
