@@ -286,6 +286,19 @@ SPECTRA_NOTE = (
 )
 
 
+def _cumulative_caption(summary: pd.DataFrame) -> str:
+    """Caption of the cumulative figure; says when the lower edge is only an upper bound."""
+    caption = "Singular values of the cumulative Jacobian from the input to block k."
+    prod = summary[summary["operator"] == "prod"]
+    if "converged" in prod and not prod["converged"].all():
+        caption += (
+            " Where the iterative solver did not converge for the smallest values "
+            "(spectra_summary.converged is False), the lower edge is the smallest Ritz value, "
+            "an upper bound on the true smallest singular value."
+        )
+    return caption
+
+
 def _trivial_response_note(records: pd.DataFrame) -> list[str]:
     """Say so when every response std is ~1: BN with gamma = 1 in train mode at init."""
     stds = records[records["quantity"] == "response_std"]["value"]
@@ -372,7 +385,7 @@ def build_analysis_report(result) -> Report:
                 (
                     "cumulative_spectra",
                     cumulative_spectra_figure(result.spectra_summary),
-                    "Singular values of the cumulative Jacobian from the input to block k.",
+                    _cumulative_caption(result.spectra_summary),
                 ),
                 (
                     "block_spectra",
