@@ -10,6 +10,7 @@ it) and reads the child's peak resident set size from getrusage.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -43,10 +44,9 @@ def main() -> None:
         wall, peak, summary = run_once(models, extra)
         times.append(wall)
         peaks.append(peak)
-    import torch
-
     print(f"gradflow analyze {' '.join('--model ' + m for m in models)} {' '.join(extra)}")
-    print(f"threads: {torch.get_num_threads()}, runs: {args.repeat}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"runs: {args.repeat}; machine load average (1/5/15 min) after the runs: {load}")
     print(f"wall time: {min(times):.1f} s (min of {len(times)}; goal <= 60 s, stretch 20 s)")
     print(f"peak RSS:  {max(peaks):.0f} MiB (goal <= 2048 MiB)")
     print("\nsummary printed by the command:\n" + summary)
