@@ -109,11 +109,7 @@ class AnalysisResult:
         from .report import build_analysis_report
 
         out = Path(out)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise UserInputError(
-                f"output folder {out} exists and is not empty; choose another --out "
-                "or pass --force to replace it"
-            )
+        check_out(out, overwrite=overwrite)
         staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -127,6 +123,17 @@ class AnalysisResult:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return out
+
+
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse a report folder that is a file, or an existing non-empty one unless overwriting."""
+    if out.exists() and out.is_file():
+        raise UserInputError(f"--out {out} is a file; give a folder path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserInputError(
+            f"output folder {out} exists and is not empty; choose another --out "
+            "or pass --force to replace it"
+        )
 
 
 def verdict(row: dict) -> str:

@@ -89,16 +89,10 @@ def _default_out(models: Sequence[str]) -> Path:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis, print the summary, write the report folder."""
-    from .analyze import analyze
+    from .analyze import analyze, check_out
 
     out = Path(args.out) if args.out else _default_out(args.model)
-    if out.exists() and out.is_file():
-        raise UserInputError(f"--out {out} is a file; give a folder path")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UserInputError(
-            f"output folder {out} exists and is not empty; choose another --out "
-            "or pass --force to replace it"
-        )
+    check_out(out, overwrite=args.force)  # before the work, not only when saving
     result = analyze(
         args.model,
         data=args.data,
