@@ -1,11 +1,13 @@
 """Jacobian spectra: singular values of blocks and of cumulative products, exact and fast.
 
-``singular_values`` (any tensor function at a point), ``spectral_density`` /
+``singular_values`` (any tensor function at a point), ``cumulative_singular_values`` (top
+values of every product J_d ... J_1 in one walk over the depths), ``spectral_density`` /
 ``frobenius_norm`` (whole-spectrum estimates), ``block_spectra`` (per block J_H, I+J_F, J_F
 and cumulative ``prod``, as a tidy frame) and ``summarize_spectra``.
 """
 
 from .blocks import block_spectra, calibrated_copy, summarize_spectra
+from .cumulative import StepChain, cumulative_singular_values
 from .density import FrobeniusEstimate, density_summary, frobenius_norm, spectral_density
 from .operators import JacobianOperator
 from .solvers import SpectrumResult, singular_values
@@ -14,8 +16,10 @@ __all__ = [
     "FrobeniusEstimate",
     "JacobianOperator",
     "SpectrumResult",
+    "StepChain",
     "block_spectra",
     "calibrated_copy",
+    "cumulative_singular_values",
     "density_summary",
     "frobenius_norm",
     "singular_values",

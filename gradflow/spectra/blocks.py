@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserInputError
+from .cumulative import cumulative_singular_values
 from .density import frobenius_norm
 from .solvers import singular_values
 
@@ -151,9 +152,17 @@ def block_spectra(
     stem output with ``prod_from="stem"``, to the output of block k). Each spectrum is
     ``singular_values(..., k, which, method, tol, max_matvecs)``; rows carry its error bound
     and ``converged`` flag, and ``mean_sq_estimate`` = Hutchinson ||J||_F^2 / dim from
-    ``hutchinson`` Gaussian probes (0 to skip). Cost grows with depth x depth for ``prod``
-    (each depth is its own map); use a subset of depths for deep nets.
+    ``hutchinson`` Gaussian probes (0 to skip). For ``which="largest"`` the ``prod`` spectra
+    of all depths come from one walk (``cumulative_singular_values``: forward cost linear in
+    depth, one certificate block per depth; ``method="walk"`` asks for it explicitly);
+    ``"smallest"``/``"both"`` solve each depth's map on its own (warm-started), whose cost
+    grows with depth x depth: use a subset of depths for deep nets.
     """
+    if method == "walk" and which != "largest":
+        raise UserInputError(
+            "method='walk' finds the largest values of every cumulative product; "
+            "use which='largest', or method='auto' for the smallest"
+        )
     if bn not in BN_MODES:
         raise UserInputError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
     if prod_from not in ("input", "stem"):
@@ -201,15 +210,8 @@ def _sample_rows(named, stem_fn, point, chosen, operators, prod_from, options, h
             inputs.append(module(inputs[-1]))
     frames = []
 
-    warm = {}  # prod: Ritz vectors of the previous depth start the next one (same input space)
-
-    def measure(fn, at, operator, depth, path, block):
-        result = singular_values(fn, at, **options, start=warm.get(operator))
-        if operator == "prod":
-            warm[operator] = result.vectors
-        estimate = np.nan
-        if hutchinson:
-            estimate = frobenius_norm(fn, at, probes=hutchinson, seed=options["seed"]).mean_sq
+    def add(result, operator, depth, estimate):
+        path, block = named[depth - 1]
         frame = result.frame(
             **labels, depth=depth, block=path, stage=getattr(block, "stage", np.nan),
             operator=operator, converged=result.converged, dim=result.dim,
@@ -217,16 +219,36 @@ def _sample_rows(named, stem_fn, point, chosen, operators, prod_from, options, h
         )  # fmt: skip
         frames.append(frame)
 
+    def measure(fn, at, operator, depth, start=None):
+        solver = {**options, "method": "auto" if options["method"] == "walk" else options["method"]}
+        result = singular_values(fn, at, **solver, start=start)
+        estimate = np.nan
+        if hutchinson:
+            estimate = frobenius_norm(fn, at, probes=hutchinson, seed=options["seed"]).mean_sq
+        add(result, operator, depth, estimate)
+        return result
+
     for depth in chosen:
-        path, block = named[depth - 1]
         if "block" in operators:
-            for operator, fn in _operators(block):
-                measure(fn, inputs[depth - 1], operator, depth, path, block)
-        if "prod" in operators:
-            modules = [module for _, module in named[:depth]]
-            start = point if prod_from == "input" else inputs[0]
-            first = stem_fn if prod_from == "input" else None
-            measure(_sequence(first, modules), start, "prod", depth, path, block)
+            for operator, fn in _operators(named[depth - 1][1]):
+                measure(fn, inputs[depth - 1], operator, depth)
+    if "prod" not in operators:
+        return frames
+    start = point if prod_from == "input" else inputs[0]
+    first = stem_fn if prod_from == "input" else None
+    if options["which"] == "largest" and options["method"] in ("auto", "walk"):
+        steps = [_sequence(first, [named[0][1]])] + [module for _, module in named[1 : max(chosen)]]
+        walk = cumulative_singular_values(
+            steps, start, k=options["k"], depths=chosen, tol=options["tol"],
+            hutchinson=hutchinson if hutchinson >= 2 else 0, seed=options["seed"],
+        )  # fmt: skip
+        for depth, result in walk.items():
+            add(result, "prod", depth, result.mean_sq_estimate)
+        return frames
+    warm = None  # the Ritz vectors of one depth start the next (same input space)
+    for depth in chosen:
+        modules = [module for _, module in named[:depth]]
+        warm = measure(_sequence(first, modules), start, "prod", depth, start=warm).vectors
     return frames
 
 

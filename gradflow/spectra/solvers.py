@@ -40,6 +40,7 @@ class SpectrumResult:
     ``matvecs``: number of Jacobian-vector plus transposed-Jacobian-vector products.
     ``vectors``: the Ritz vectors (rows, on the smaller side of J) of iterative methods, usable
     as ``start=`` for a nearby map (e.g. the next depth of a cumulative product).
+    ``mean_sq_estimate``: Hutchinson's ||J||_F^2 / dim when the solver computed it, else NaN.
     """
 
     values: np.ndarray
@@ -52,6 +53,7 @@ class SpectrumResult:
     dim: int
     shape: tuple[int, int] = field(default=(0, 0))
     vectors: Tensor | None = field(default=None, repr=False)  # Ritz vectors (rows), smaller side
+    mean_sq_estimate: float = float("nan")  # Hutchinson ||J||_F^2 / dim, where computed
 
     def frame(self, **labels: object) -> pd.DataFrame:
         """One row per singular value: index, sigma, error, residual, method (+ label columns)."""
