@@ -30,7 +30,11 @@ EXPECTATION = (
     "follow-up, Identity Mappings in Deep Residual Networks (2016); the CVPR paper measures "
     "no spectra"
 )
-HEALTHY = "He et al. 2016, section 4.1: with BN the plain nets' gradients have healthy norms"
+HEALTHY = (
+    "a reference, not a claim checked here: He et al. 2016 (section 4.1) verify that with BN "
+    "the backward signals of plain nets exhibit healthy norms, i.e. do not vanish; a positive "
+    "log10 ratio means the gradient grows from the last block towards the first"
+)
 
 
 def measure(experiment: Experiment, model, label: str, step: int, x, y):
