@@ -26,7 +26,6 @@ Statistics stay on the tensors' device; ``step()`` moves the whole step to the C
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -36,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UserInputError
+from .errors import UserInputError, check_choice
+from .finite import NONFINITE_POLICIES, NonFiniteError, check_input, check_measurements
 from .probes import (
     DEFAULT_PROBES,
     QUANTITIES,
@@ -66,7 +66,6 @@ from .sites import (
 )
 from .state import preserved_buffers, preserved_rng
 
-NONFINITE_POLICIES = ("warn", "raise", "ignore")
 LOSS_REDUCTIONS = ("mean", "sum")
 __all__ = [
     "FRAME_COLUMNS",
@@ -77,23 +76,6 @@ __all__ = [
     "record",
     "to_wide",
 ]
-
-
-class NonFiniteError(UserInputError):
-    """A measurement or an input is NaN/Inf (raised under ``on_nonfinite="raise"``)."""
-
-
-def _report_nonfinite(message: str, policy: str) -> None:
-    if policy == "raise":
-        raise NonFiniteError(message)
-    if policy == "warn":
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def _choice(option: str, value: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise UserInputError(f"{option}={value!r} is not one of {', '.join(allowed)}")
-    return value
 
 
 class Recorder:
@@ -125,8 +107,10 @@ class Recorder:
         self.module = unwrap(model)
         self.label = label or type(self.module).__name__
         self.probes = resolve_probes(probes)
-        self.on_nonfinite = _choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
-        self.mean_reduced = _choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS) == "mean"
+        self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
+        self.mean_reduced = (
+            check_choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS) == "mean"
+        )
         sites = {probe.site for probe in self.probes}
         responses = (
             select_modules(self.module, layers)
@@ -334,24 +318,10 @@ class Recorder:
         self._check_finite(step, segments, flat)
 
     def _check_finite(self, step: int, segments: list, flat: np.ndarray) -> None:
-        if self.on_nonfinite == "ignore" or np.isfinite(flat).all():
-            return
-        bad, offset = [], 0
-        for _site, keys, quantity in segments:
-            values = flat[offset : offset + len(keys)]
-            offset += len(keys)
-            if quantity == UPDATE_RATIO:  # NaN by definition where ||w_{t-1}|| = 0
-                continue
-            pairs = zip(keys, values, strict=True)
-            bad += [f"{quantity} of {k} = {v}" for k, v in pairs if not np.isfinite(v)]
-        if bad:
-            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-            message = (
-                f"{self.label}: non-finite measurements at step {step}: "
-                + "; ".join(bad[:5])
-                + more
+        if self.on_nonfinite != "ignore" and not np.isfinite(flat).all():
+            check_measurements(
+                f"{self.label}: ", step, segments, flat, self.on_nonfinite, skip=UPDATE_RATIO
             )
-            _report_nonfinite(message, self.on_nonfinite)
 
     # ----- distributed ------------------------------------------------------------
     def all_reduce(self, group=None) -> None:
@@ -403,20 +373,6 @@ def _default_loss(output: Tensor, target: Tensor) -> Tensor:
     )
 
 
-def _check_input(x: Tensor, policy: str) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or policy == "ignore":
-        return
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        nan, total = int(torch.isnan(x).sum()), x.numel()
-        inf = int((~finite).sum()) - nan
-        _report_nonfinite(
-            f"the input batch x contains {nan} NaN and {inf} Inf values (of {total}): "
-            "check the data loading and normalisation",
-            policy,
-        )
-
-
 def record(
     model: nn.Module,
     x: Tensor,
@@ -441,7 +397,7 @@ def record(
     """
     if probes is None:
         probes = [name for name in DEFAULT_PROBES if name != UPDATE_RATIO]
-    _check_input(x, on_nonfinite)
+    check_input(x, on_nonfinite)
     module = unwrap(model)
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     backward = y is not None or loss_fn is not None

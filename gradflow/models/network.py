@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import UserInputError
+from ..errors import UserInputError, check_choice
 from .blocks import Block, Norm, Shortcut, make_norm
 
 
@@ -145,12 +145,6 @@ class ResNet(nn.Module):
         return self.forward_head(z)
 
 
-def _choice(option: str, value: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise UserInputError(f"unknown {option} {value!r}; allowed: {', '.join(map(str, allowed))}")
-    return value
-
-
 def build_resnet(
     block: type[Block],
     blocks_per_stage: Sequence[int],
@@ -175,10 +169,10 @@ def build_resnet(
             f"plain networks have no shortcuts, so shortcut={shortcut!r} does not apply; "
             "use a resnet* model to compare shortcut options"
         )
-    shortcut = _choice("shortcut", shortcut or default_shortcut, SHORTCUTS)
-    init = _choice("init", init, INITS)
-    norm = _choice("norm", norm or default_norm(init), NORMS)
-    stride_in = _choice("stride_in", stride_in, ("1x1", "3x3"))
+    shortcut = check_choice("shortcut", shortcut or default_shortcut, SHORTCUTS)
+    init = check_choice("init", init, INITS)
+    norm = check_choice("norm", norm or default_norm(init), NORMS)
+    stride_in = check_choice("stride_in", stride_in, ("1x1", "3x3"))
     for option, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if not isinstance(value, int) or value < 1:
             raise UserInputError(f"{option} must be a positive integer, got {value!r}")
