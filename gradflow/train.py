@@ -49,7 +49,7 @@ from .checkpoint import (
 from .data import BatchLoader, ImageDataset, load_dataset, train_val_split
 from .distributed import World, setup_world, weights_spread
 from .errors import UserInputError
-from .io import atomic_path, write_frame, write_text
+from .io import atomic_path, remove_stale_temporaries, write_frame, write_text
 from .models import create_model
 
 HISTORY_COLUMNS = ("model", "step", "split", "quantity", "value")
@@ -293,6 +293,8 @@ def _train(config: TrainConfig, world: World) -> TrainResult:
     interval = torch.zeros(3, dtype=torch.float64, device=world.device)
     history: list[dict] = []
     records: list[pd.DataFrame] = []
+    if out_dir and world.rank == 0 and out_dir.exists():  # a write cut short by SIGKILL
+        remove_stale_temporaries(out_dir, (CHECKPOINT, "final.pt"))
     if config.resume and checkpoint_path and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         _check_same_run(state["config"], config, checkpoint_path)

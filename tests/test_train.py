@@ -167,8 +167,13 @@ def test_resume_after_sigkill_ends_bit_identical(tmp_path):
     assert killed.wait() == -signal.SIGKILL, killed.stderr.read()
     saved = torch.load(checkpoint, weights_only=True)["iteration"]
     assert 10 <= saved < iterations
+    # a kill during a checkpoint write leaves atomic_path's temporary: plant one, as the
+    # moment of the kill above is not controlled
+    stale = tmp_path / "killed" / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
     resumed = _run(tmp_path / "killed", iterations, resume=True)
     assert resumed.wait() == 0, resumed.stderr.read()
+    assert not list((tmp_path / "killed").glob(".*.tmp")), "stale temporaries were left"
     assert straight.wait() == 0, straight.stderr.read()
 
     final = [
