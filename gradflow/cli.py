@@ -197,10 +197,39 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=cmd_analyze)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import experiments
+
+    if args.list or not args.name:
+        for name in experiments.EXPERIMENTS:
+            print(f"{name:22} {experiments.describe(name)}")
+        if not args.list:
+            print("\nusage: gradflow reproduce NAME [--scale smoke|small|full] [--plan] ...")
+        return 0
+    experiments.run(args.name, args.options)
+    return 0
+
+
+def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "reproduce",
+        help="run one of the paper's experiments and write its report",
+        description="Run a paper experiment (Figure 1/4/6/7, zero-gamma ablation, cumulative "
+        "spectra) and write its report: README.md with figures, CSVs, meta.json. Options "
+        "after NAME go to the experiment: see gradflow reproduce NAME --help.",
+        epilog="example: gradflow reproduce fig1 --scale smoke",
+    )
+    parser.add_argument("name", nargs="?", help="experiment (a unique prefix is enough)")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the experiment's options")
+    parser.add_argument("--list", action="store_true", help="list the experiments")
+    parser.set_defaults(run=cmd_reproduce)
+
+
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_models_parser,
     add_analyze_parser,
     add_train_parser,
+    add_reproduce_parser,
 ]
 
 

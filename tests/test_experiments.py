@@ -24,11 +24,11 @@ import pandas as pd
 import pytest
 import torch
 
+from gradflow.experiments import EXPERIMENTS as NAMES
+from gradflow.experiments import common
+
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
-
-import common  # noqa: E402  (experiments/common.py: the scripts' shared module)
 
 CHAINS = (
     ["fig1_degradation", "fig6_cifar_depth", "fig7_response_std", "jacobian_spectra"],
@@ -93,9 +93,15 @@ MODELS = {
 
 
 def _run(script: str, out: Path, cache: Path) -> subprocess.CompletedProcess:
+    # the first chain runs the wrapper scripts in experiments/, the second the CLI
+    launch = (
+        [str(EXPERIMENTS / f"{script}.py")]
+        if script in CHAINS[0]
+        else ["-m", "gradflow", "reproduce", script]
+    )
     command = [
         sys.executable,
-        str(EXPERIMENTS / f"{script}.py"),
+        *launch,
         "--scale",
         "smoke",
         "--out",
@@ -248,7 +254,7 @@ def test_run_key_ignores_where_and_how_a_run_goes_but_not_what_it_computes(tmp_p
 
 
 def test_a_missing_data_directory_is_a_clear_error_with_exit_code_2(tmp_path, capsys):
-    import fig1_degradation
+    from gradflow.experiments import fig1_degradation
 
     missing = tmp_path / "no-such-dir"
     argv = [
@@ -312,7 +318,7 @@ def test_every_scale_preset_names_real_models_inits_and_valid_settings(scale, on
 
 
 def test_plan_lists_the_runs_and_an_estimate_without_training(tmp_path, capsys, one_thread):
-    import fig6_cifar_depth
+    from gradflow.experiments import fig6_cifar_depth
 
     argv = ["--scale", "small", "--plan", "--cache", str(tmp_path / "cache"),
             "--out", str(tmp_path / "out")]  # fmt: skip
@@ -357,3 +363,25 @@ def test_training_curves_figure_draws_thin_train_and_bold_test_lines_coloured_by
     assert axes[0].get_lines()[0].get_color() == axes[1].get_lines()[0].get_color()
     assert axes[0].get_lines()[0].get_color() != axes[0].get_lines()[2].get_color()
     plt.close(fig)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "gradflow", "reproduce", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_reproduce_lists_names_and_rejects_unknown_or_ambiguous_ones(tmp_path):
+    listing = _cli("--list")
+    assert listing.returncode == 0
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == list(NAMES)
+    assert "Figure 1" in listing.stdout
+    assert sorted(NAMES) == sorted(p.stem for p in EXPERIMENTS.glob("*.py"))  # one wrapper each
+    unknown = _cli("fig9")
+    assert unknown.returncode == 2 and "unknown experiment 'fig9'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    ambiguous = _cli("fig")
+    assert ambiguous.returncode == 2 and "could be fig1_degradation or" in ambiguous.stderr
+    plan = _cli("fig1", "--scale", "smoke", "--plan", "--cache", str(tmp_path))
+    assert plan.returncode == 0, plan.stderr
+    assert "plain20" in plan.stdout and "plain56" in plan.stdout
+    assert not (tmp_path / "reports").exists()

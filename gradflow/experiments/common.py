@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from reporting import (
+from torch import nn
+
+from gradflow.errors import UserInputError
+from gradflow.train import TrainConfig, TrainResult
+
+from .reporting import (
     compare,
     compare_rows,
     deepest_spectra,
@@ -29,11 +34,7 @@ from reporting import (
     shown,
     write_report,
 )
-from run_cache import DONE, RunFailed, cached_run, run_dir, run_key
-from torch import nn
-
-from gradflow.errors import UserInputError
-from gradflow.train import TrainConfig, TrainResult
+from .run_cache import DONE, RunFailed, cached_run, run_dir, run_key
 
 __all__ = [
     "DONE", "INITS", "SCALES", "STEP_SECONDS", "Experiment", "RunFailed", "Scale",
@@ -41,7 +42,6 @@ __all__ = [
     "entry", "final_errors", "gradient_log10_ratio", "histories", "parse_args", "run_dir",
     "run_key", "shown",
 ]  # fmt: skip
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,12 @@ SCALES = {
 # ----------------------------------------------------------------------------- arguments
 def parse_args(script: str, description: str, argv: list[str] | None) -> argparse.Namespace:
     """The shared command line of ``script`` (its file path); ``--out`` defaults to
-    reports/<script name> at small scale (the committed reports), else under runs/."""
+    reports/<script name> at small scale (the committed reports), else under runs/, both
+    relative to the working directory."""
     experiment = Path(script).stem
-    parser = argparse.ArgumentParser(prog=f"{experiment}.py", description=description)
+    parser = argparse.ArgumentParser(
+        prog=f"gradflow reproduce {experiment}", description=description
+    )
     parser.add_argument(
         "--scale",
         choices=list(SCALES),
@@ -158,8 +161,8 @@ def parse_args(script: str, description: str, argv: list[str] | None) -> argpars
     parser.add_argument("--data-dir", help="folder of the data set's files")
     parser.add_argument(
         "--cache",
-        default=str(REPO_ROOT / "runs"),
-        help="run cache shared by the scripts (default: runs/)",
+        default="runs",
+        help="run cache shared by the scripts (default: runs/ in the working directory)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -175,7 +178,7 @@ def parse_args(script: str, description: str, argv: list[str] | None) -> argpars
             if args.scale == "small"
             else (f"runs/reports/{experiment}-{args.scale}")
         )
-        args.out = str(REPO_ROOT / default)
+        args.out = default  # relative to the working directory (the repository root)
     return args
 
 
