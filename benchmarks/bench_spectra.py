@@ -59,8 +59,9 @@ def relative_error(result, exact) -> float:
     """max |s - exact| / exact, where exact values at rounding level (a rank-deficient map's
     zeros, below eps * n * sigma_max) count relative to sigma_max instead (no relative error)."""
     floor = np.finfo(np.float32).eps * len(exact) * exact[0]
-    reference = np.maximum(exact[result.indices], floor)
-    return float(np.max(np.abs(result.values - exact[result.indices]) / reference))
+    wanted = exact[result.indices]
+    reference = np.where(wanted < floor, exact[0], wanted)
+    return float(np.max(np.abs(result.values - wanted) / reference))
 
 
 def contrast() -> None:

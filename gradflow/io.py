@@ -27,16 +27,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def remove_stale_temporaries(directory: str | Path, names: tuple[str, ...]) -> list[Path]:
-    """Delete the temporaries ``atomic_path`` left for ``names`` in ``directory`` when a
-    process was killed mid-write (SIGKILL skips its cleanup); only the owner of the
-    directory should call this, before it writes there again."""
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files that ``atomic_path`` leaves in ``directory``
+    when its process is killed mid-write (SIGKILL skips the cleanup). Only the process that
+    owns the directory may call this, before it writes there again."""
     removed = []
-    for name in names:
-        for stale in Path(directory).glob(f".{name}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-                removed.append(stale)
+    for stale in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            removed.append(stale)
     return removed
 
 

@@ -294,7 +294,7 @@ def _train(config: TrainConfig, world: World) -> TrainResult:
     history: list[dict] = []
     records: list[pd.DataFrame] = []
     if out_dir and world.rank == 0 and out_dir.exists():  # a write cut short by SIGKILL
-        remove_stale_temporaries(out_dir, (CHECKPOINT, "final.pt"))
+        remove_stale_temporaries(out_dir)
     if config.resume and checkpoint_path and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         _check_same_run(state["config"], config, checkpoint_path)
