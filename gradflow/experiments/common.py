@@ -308,7 +308,7 @@ class Experiment:
         print(
             f"estimated training + evaluation: {runs.seconds.sum() / 60:.0f} min with this "
             f"cache, {runs.standalone_seconds.sum() / 60:.0f} min from scratch "
-            "(step times of a shared 2-core CPU, one thread; see experiments/common.py)"
+            "(step times of a shared 2-core CPU, one thread; see gradflow/experiments/common.py)"
         )
         return True
 
