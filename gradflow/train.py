@@ -251,7 +251,10 @@ def train(config: TrainConfig) -> TrainResult:
     config.validate()
     world = setup_world(config.device)
     try:
-        return _train(config, world)
+        result = _train(config, world)
+        if world.distributed:  # rank 0 writes after the loop: no rank tears gloo down before
+            dist.barrier()  # it is done (an early teardown aborted a rank in CI: SIGABRT)
+        return result
     finally:
         if world.owns_group:
             dist.destroy_process_group()
