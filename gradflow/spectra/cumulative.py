@@ -117,7 +117,7 @@ def cumulative_singular_values(
     *,
     block_size: int | None = None,
     max_basis: int | None = None,
-    max_rounds: int = 12,
+    max_rounds: int = 30,
     hutchinson: int = 0,
     seed: int = 0,
     chunk_size: int = 64,
