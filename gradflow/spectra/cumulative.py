@@ -27,17 +27,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
 
 from ..errors import UserInputError
-from .operators import probe_generator
+from .operators import JacobianOperator, probe_generator
 from .solvers import SpectrumResult, _orthonormal_block
 
 Step = Callable[[Tensor], Tensor]
 
 
 class StepChain:
-    """The steps z_l = f_l(z_{l-1}) linearised at x: batched products across any range of steps.
+    """The steps z_l = f_l(z_{l-1}) linearised at x, one ``JacobianOperator`` per step.
 
     ``push(V, start, stop)`` maps rows in the space of z_start to J_stop ... J_{start+1} V;
     ``pull(U, depth)`` maps rows in the space of z_depth to J_1^T ... J_depth^T U, reusing the
@@ -46,54 +45,43 @@ class StepChain:
     """
 
     def __init__(self, steps: Sequence[Step], x: Tensor, chunk_size: int = 64) -> None:
-        self.steps = list(steps)
-        self.points = [x.detach()]
-        self._pullbacks = []
-        with torch.no_grad():
-            for step in self.steps:
-                output, pullback = vjp(step, self.points[-1])
-                if not isinstance(output, Tensor) or not torch.isfinite(output).all():
-                    raise UserInputError(
-                        f"step {len(self.points)} of the chain gives a non-finite or non-tensor "
-                        "output at this point; spectra need finite activations"
-                    )
-                self.points.append(output.detach())
-                self._pullbacks.append(pullback)
-        self.chunk_size = chunk_size
-        self.step_products = 0
+        self.operators: list[JacobianOperator] = []
+        point = x.detach()
+        for index, step in enumerate(steps, start=1):
+            try:
+                operator = JacobianOperator(step, point, chunk_size=chunk_size)
+            except UserInputError as err:
+                raise UserInputError(
+                    f"step {index} of the chain gives a non-finite or non-tensor output at this "
+                    f"point: {err}"
+                ) from None
+            self.operators.append(operator)
+            point = operator.output
+        self.x = x.detach()
+
+    @property
+    def step_products(self) -> int:
+        return sum(operator.products for operator in self.operators)
 
     def numel(self, depth: int) -> int:
-        return self.points[depth].numel()
+        return self.operators[depth - 1].m if depth else self.x.numel()
 
     def push(self, vectors: Tensor, start: int, stop: int) -> Tensor:
         """Rows of J_stop ... J_{start+1} V (forward mode, batched over rows)."""
-        count = vectors.shape[0]
-        current = vectors.reshape(count, *self.points[start].shape).to(self.points[start].dtype)
-        with torch.no_grad():
-            for index in range(start, stop):
-                step, point = self.steps[index], self.points[index]
-
-                def tangent(t: Tensor, step: Step = step, point: Tensor = point) -> Tensor:
-                    return jvp(step, (point,), (t,))[1]
-
-                current = vmap(tangent, chunk_size=self.chunk_size)(current)
-        self.step_products += count * (stop - start)
-        return current.reshape(count, -1)
+        for operator in self.operators[start:stop]:
+            vectors = operator.matmat(vectors)
+        return vectors
 
     def pull(self, vectors: Tensor, depth: int) -> Tensor:
         """Rows of J_1^T ... J_depth^T U (reverse mode on the cached forward, batched)."""
-        count = vectors.shape[0]
-        current = vectors.reshape(count, *self.points[depth].shape).to(self.points[depth].dtype)
-        with torch.no_grad():
-            for index in reversed(range(depth)):
-                pullback = self._pullbacks[index]
-                current = vmap(lambda u, pb=pullback: pb(u)[0], chunk_size=self.chunk_size)(current)
-        self.step_products += count * depth
-        return current.reshape(count, -1)
+        for operator in reversed(self.operators[:depth]):
+            vectors = operator.rmatmat(vectors)
+        return vectors
 
 
 def _ritz_triplets(basis: Tensor, images: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Rayleigh-Ritz of J on span(basis): top-k values (desc), left rows u, right rows v, weights.
+    """Rayleigh-Ritz of J on span(basis): top-k values (desc), left rows u, right rows v, and
+    the weights of *all* Ritz vectors (desc), which a thick restart keeps the best of.
 
     ``images`` = J basis (rows). With the eigenpairs (s_i^2, a_i) of the small Gram W W^T, the
     right Ritz vectors are v_i = a_i^T basis and u_i = a_i^T W / s_i, so J v_i = s_i u_i holds
@@ -101,9 +89,9 @@ def _ritz_triplets(basis: Tensor, images: Tensor, k: int) -> tuple[Tensor, Tenso
     relative error ~ eps) and diagonalised in float64.
     """
     eigenvalues, vectors = torch.linalg.eigh((images @ images.T).double())
-    weights = vectors.flip(1)[:, :k].T  # (k, p): Ritz vector i = weights[i] @ basis
+    weights = vectors.flip(1).T  # (p, p): Ritz vector i = weights[i] @ basis
     sigma = eigenvalues.flip(0)[:k].clamp_min(torch.finfo(torch.float64).tiny).sqrt()
-    mix = weights.to(images.dtype)
+    mix = weights[:k].to(images.dtype)
     left = (mix @ images).double() / sigma[:, None]
     return sigma, left, (mix @ basis).double(), weights
 
@@ -137,11 +125,11 @@ def cumulative_singular_values(
     if not tol > 0:
         raise UserInputError(f"tol must be positive, got {tol!r}")
     chain = StepChain(steps, x, chunk_size=chunk_size)
-    count = len(chain.steps)
+    count = len(chain.operators)
     wanted = sorted({int(depth) for depth in (depths or range(1, count + 1))})
     if not wanted or wanted[0] < 1 or wanted[-1] > count:
         raise UserInputError(f"depths must lie in 1..{count}, got {depths!r}")
-    dtype, columns = chain.points[0].dtype, chain.numel(0)
+    dtype, columns = chain.x.dtype, chain.numel(0)
     generator = probe_generator(seed)
     block_size = min(block_size or max(k + k // 2 + 2, 16), columns)
     max_basis = max(max_basis or 4 * block_size, 2 * block_size)
@@ -164,7 +152,7 @@ def cumulative_singular_values(
         right = torch.zeros(kept, columns, dtype=torch.float64)
         ok = torch.zeros(kept, dtype=torch.bool)  # locked: certified in an earlier round
         for round_ in range(max_rounds + 1):
-            ritz_sigma, left, ritz_right, _ = _ritz_triplets(basis, images, kept)
+            ritz_sigma, left, ritz_right, weights = _ritz_triplets(basis, images, kept)
             todo = ~ok
             pulled = chain.pull(left[todo].to(dtype), depth).double()
             sigma[todo], right[todo] = ritz_sigma[todo], ritz_right[todo]
@@ -176,9 +164,7 @@ def cumulative_singular_values(
                 break
             pulled = pulled[~ok[todo]]
             if basis.shape[0] + len(pulled) > max_basis:  # thick restart: the best Ritz vectors
-                keep = min(max_basis - len(pulled), basis.shape[0])
-                _, _, _, weights = _ritz_triplets(basis, images, keep)
-                mix = weights.to(dtype)
+                mix = weights[: max_basis - len(pulled)].to(dtype)
                 basis, images = mix @ basis, mix @ images
             fresh = _orthonormal_block(pulled.to(dtype), basis, generator)
             basis = torch.cat([basis, fresh])
@@ -186,7 +172,11 @@ def cumulative_singular_values(
         order = torch.argsort(sigma, descending=True)
         sigma, error, residual, right = sigma[order], error[order], residual[order], right[order]
         products, spent = chain.step_products - spent, chain.step_products
-        result = SpectrumResult(
+        dim = min(rows, columns)
+        mean_sq = (
+            float(probe_images.double().pow(2).sum(dim=1).mean()) / dim if hutchinson else np.nan
+        )
+        results[depth] = SpectrumResult(
             values=sigma.numpy(),
             indices=np.arange(kept),
             errors=error.numpy(),
@@ -194,12 +184,9 @@ def cumulative_singular_values(
             matvecs=math.ceil(products / depth),
             method="walk",
             converged=bool(ok.all()) or full,
-            dim=min(rows, columns),
+            dim=dim,
             shape=(rows, columns),
             vectors=right.to(dtype),
+            mean_sq_estimate=mean_sq,
         )
-        if hutchinson:
-            squares = probe_images.double().pow(2).sum(dim=1)
-            result.mean_sq_estimate = float(squares.mean()) / result.dim
-        results[depth] = result
     return results
