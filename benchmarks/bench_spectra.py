@@ -40,13 +40,7 @@ def timed(work, *args, **kwargs):
 
 
 def stage_map(model, last_stage: int):
-    def forward(x):
-        z = model.forward_stem(x)
-        for stage in model.stages()[:last_stage]:
-            z = stage(z)
-        return z
-
-    return forward
+    return _chain([model.forward_stem, *model.stages()[:last_stage]])
 
 
 def baseline(fn, x):
@@ -55,12 +49,16 @@ def baseline(fn, x):
     return torch.linalg.svdvals(jacobian.reshape(rows, x.numel())).double().numpy()
 
 
+def zero_floor(exact) -> float:
+    """eps(float32) * n * sigma_max: exact values below it are zeros to float32 rounding."""
+    return np.finfo(np.float32).eps * len(exact) * exact[0]
+
+
 def relative_error(result, exact) -> float:
     """max |s - exact| / exact, where exact values at rounding level (a rank-deficient map's
-    zeros, below eps * n * sigma_max) count relative to sigma_max instead (no relative error)."""
-    floor = np.finfo(np.float32).eps * len(exact) * exact[0]
+    zeros, below ``zero_floor``) count relative to sigma_max instead (no relative error)."""
     wanted = exact[result.indices]
-    reference = np.where(wanted < floor, exact[0], wanted)
+    reference = np.where(wanted < zero_floor(exact), exact[0], wanted)
     return float(np.max(np.abs(result.values - wanted) / reference))
 
 
@@ -115,7 +113,7 @@ def main() -> None:
         fn = stage_map(twin, stage)
         exact, base_time = timed(baseline, fn, x)
         show(name, "baseline jacfwd+svdvals", "all", base_time, 1.0, "", 0.0, x.numel())
-        zeros = int(np.sum(exact < np.finfo(np.float32).eps * len(exact) * exact[0]))
+        zeros = int(np.sum(exact < zero_floor(exact)))
         if zeros:
             print(f"{'':8} ({zeros} of {len(exact)} singular values are zero to float32 "
                   "rounding: rank-deficient; their error is relative to sigma_max)")  # fmt: skip
