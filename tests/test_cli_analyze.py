@@ -140,16 +140,13 @@ def test_unknown_model_names_the_closest(tmp_path):
 
 
 def test_missing_and_corrupt_data_dirs(tmp_path):
-    missing = gradflow(
-        "analyze",
-        "--model",
-        "resnet8",
-        "--data",
-        "fashion-mnist",
-        "--data-dir",
-        str(tmp_path / "nowhere"),
-        *TINY,
-    )
+    def analyze_on(data: str, data_dir: Path, *extra: str):
+        return gradflow(
+            "analyze", "--model", "resnet8", "--data", data, "--data-dir", str(data_dir),
+            *TINY, *extra,
+        )  # fmt: skip
+
+    missing = analyze_on("fashion-mnist", tmp_path / "nowhere")
     assert_user_error(missing, str(tmp_path / "nowhere"), "dataset-fashion-mnist")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -160,23 +157,10 @@ def test_missing_and_corrupt_data_dirs(tmp_path):
         "t10k-labels-idx1-ubyte",
     ):
         (corrupt / name).write_bytes(b"\x00\x00\x08\x03garbage")
-    result = gradflow(
-        "analyze",
-        "--model",
-        "resnet8",
-        "--data",
-        "fashion-mnist",
-        "--data-dir",
-        str(corrupt),
-        *TINY,
-        "--out",
-        str(tmp_path / "out"),
-    )
+    result = analyze_on("fashion-mnist", corrupt, "--out", str(tmp_path / "out"))
     assert_user_error(result, "train-images-idx3-ubyte")
     assert not (tmp_path / "out").exists()
-    cifar = gradflow(
-        "analyze", "--model", "resnet8", "--data", "cifar10", "--data-dir", str(corrupt), *TINY
-    )
+    cifar = analyze_on("cifar10", corrupt)
     assert_user_error(cifar, "cifar-10-batches-py")
 
 
