@@ -40,7 +40,7 @@ __all__ = [
     "DONE", "INITS", "SCALES", "STEP_SECONDS", "Experiment", "RunFailed", "Scale",
     "TrainConfig", "TrainResult", "cached_run", "compare", "compare_rows", "deepest_spectra",
     "entry", "final_errors", "gradient_log10_ratio", "histories", "parse_args", "run_dir",
-    "run_key", "shown",
+    "run_key", "shown", "start",
 ]  # fmt: skip
 
 
@@ -180,6 +180,13 @@ def parse_args(script: str, description: str, argv: list[str] | None) -> argpars
         )
         args.out = default  # relative to the working directory (the repository root)
     return args
+
+
+def start(script: str, doc: str, argv: list[str] | None, key: str) -> Experiment | None:
+    """The experiment of ``script`` (its file; ``doc``: its docstring) from its command line,
+    or None when ``--plan`` has printed its runs and nothing should be trained."""
+    experiment = Experiment(parse_args(script, doc.splitlines()[0], argv), key)
+    return None if experiment.plan() else experiment
 
 
 def entry(main, argv: list[str] | None = None) -> int:

@@ -7,11 +7,9 @@ both with the paper's recipe at the chosen scale and says whether that is reprod
 
 from __future__ import annotations
 
-import sys
-
 from gradflow.report import Section, training_curves_figure
 
-from .common import Experiment, compare_rows, entry, final_errors, histories, parse_args
+from .common import compare_rows, final_errors, histories, start
 
 PAPER_FIGURE_1 = "paper Figure 1: plain-56 has higher training and test error than plain-20"
 
@@ -24,9 +22,8 @@ def share_above(history, deeper: str, shallower: str, split: str) -> tuple[int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__file__, __doc__.splitlines()[0], argv)
-    experiment = Experiment(args, "fig1")
-    if experiment.plan():
+    experiment = start(__file__, __doc__, argv, "fig1")
+    if experiment is None:  # --plan printed the runs
         return
     results = {model: experiment.run(model) for model, _ in experiment.models()}
     history = histories(results)
@@ -65,7 +62,3 @@ def main(argv: list[str] | None = None) -> None:
         {"history": history, "final_errors": table},
         comparisons,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(entry(main))

@@ -9,13 +9,11 @@ trained on small images with the CIFAR recipe; the report says exactly what was 
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from gradflow.report import Section, training_curves_figure
 
-from .common import Experiment, compare_rows, entry, final_errors, histories, parse_args, shown
+from .common import Experiment, compare_rows, final_errors, histories, shown, start
 
 # Table 2, ImageNet top-1 error (%, 10-crop testing)
 PAPER_TABLE_2 = {"plain18": 27.94, "plain34": 28.54, "resnet18": 27.88, "resnet34": 25.03}
@@ -52,9 +50,8 @@ def reductions(experiment: Experiment, model: torch.nn.Module) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__file__, __doc__.splitlines()[0], argv)
-    experiment = Experiment(args, "fig4")
-    if experiment.plan():
+    experiment = start(__file__, __doc__, argv, "fig4")
+    if experiment is None:  # --plan printed the runs
         return
     results = {model: experiment.run(model) for model, _ in experiment.models()}
     history = histories(results)
@@ -105,7 +102,3 @@ def main(argv: list[str] | None = None) -> None:
         {"history": history, "final_errors": table},
         comparisons,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(entry(main))

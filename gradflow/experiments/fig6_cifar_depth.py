@@ -6,11 +6,9 @@ equal depth the ResNet is better. Table 6 lists the ResNets' test errors on CIFA
 
 from __future__ import annotations
 
-import sys
-
 from gradflow.report import Section, training_curves_figure
 
-from .common import Experiment, compare_rows, entry, final_errors, histories, parse_args, shown
+from .common import compare_rows, final_errors, histories, shown, start
 
 # Table 6, CIFAR-10 test error (%) after 64k iterations (ResNet-110: best of 5 runs)
 PAPER_TABLE_6 = {
@@ -24,9 +22,8 @@ FIGURE_6 = "paper Figure 6"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__file__, __doc__.splitlines()[0], argv)
-    experiment = Experiment(args, "fig6")
-    if experiment.plan():
+    experiment = start(__file__, __doc__, argv, "fig6")
+    if experiment is None:  # --plan printed the runs
         return
     results = {model: experiment.run(model) for model, _ in experiment.models()}
     history = histories(results)
@@ -79,7 +76,3 @@ def main(argv: list[str] | None = None) -> None:
         {"history": history, "final_errors": table},
         comparisons,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(entry(main))

@@ -9,22 +9,20 @@ zero than non-residual ones. Trained models come from the run cache (fig6's runs
 from __future__ import annotations
 
 import itertools
-import sys
 
 import pandas as pd
 
 from gradflow.record import record
 from gradflow.report import Section, response_std_figure
 
-from .common import Experiment, compare_rows, entry, parse_args
+from .common import compare_rows, start
 
 FIGURE_7 = "paper Figure 7"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__file__, __doc__.splitlines()[0], argv)
-    experiment = Experiment(args, "fig7")
-    if experiment.plan():
+    experiment = start(__file__, __doc__, argv, "fig7")
+    if experiment is None:  # --plan printed the runs
         return
     x, y = experiment.probe()
     frames = []
@@ -74,7 +72,3 @@ def main(argv: list[str] | None = None) -> None:
         {"responses": responses, "summary": table},
         comparisons,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(entry(main))

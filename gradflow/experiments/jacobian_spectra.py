@@ -9,22 +9,13 @@ training (trained runs from the cache, shared with fig6).
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 
 from gradflow.record import record
 from gradflow.report import Section, activation_grad_figure, cumulative_spectra_figure
 from gradflow.spectra import summarize_spectra
 
-from .common import (
-    Experiment,
-    compare_rows,
-    deepest_spectra,
-    entry,
-    gradient_log10_ratio,
-    parse_args,
-)
+from .common import Experiment, compare_rows, deepest_spectra, gradient_log10_ratio, start
 
 EXPECTATION = (
     "the identity term of I + J_F predicts it: the backprop argument of He et al.'s "
@@ -46,9 +37,8 @@ def measure(experiment: Experiment, model, label: str, step: int, x, y):
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__file__, __doc__.splitlines()[0], argv)
-    experiment = Experiment(args, "jacobian")
-    if experiment.plan():
+    experiment = start(__file__, __doc__, argv, "jacobian")
+    if experiment is None:  # --plan printed the runs
         return
     x, y = experiment.probe()
     records, spectra = [], []
@@ -133,7 +123,3 @@ def main(argv: list[str] | None = None) -> None:
         {"records": records, "spectra": spectra, "spectra_summary": summary, "summary": table},
         comparisons,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(entry(main))

@@ -10,8 +10,6 @@ last BN gamma of every residual branch so that each block starts as the identity
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 
 from gradflow.record import record
@@ -24,24 +22,21 @@ from gradflow.report import (
 from gradflow.spectra import summarize_spectra
 
 from .common import (
-    Experiment,
     compare_rows,
     deepest_spectra,
-    entry,
     final_errors,
     gradient_log10_ratio,
     histories,
-    parse_args,
     shown,
+    start,
 )
 
 GOYAL = "Goyal et al. 2017 set gamma = 0 in the last BN of each residual block"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__file__, __doc__.splitlines()[0], argv)
-    experiment = Experiment(args, "zero_gamma")
-    if experiment.plan():
+    experiment = start(__file__, __doc__, argv, "zero_gamma")
+    if experiment is None:  # --plan printed the runs
         return
     x, y = experiment.probe()
     records, spectra, results, diverged = [], [], {}, []
@@ -148,7 +143,3 @@ def main(argv: list[str] | None = None) -> None:
         },
         comparisons,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(entry(main))
