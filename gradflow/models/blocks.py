@@ -1,8 +1,9 @@
 """Plain and residual blocks of He et al. (2016a, 2016b), each exposing F and its shortcut.
 
-Every block is one class for both the residual and the plain variant: ``residual=False``
-removes the shortcut and changes nothing else, so plain and residual twins have the same
-layers (and, under shortcut option A, the same parameters).
+In torchvision's style the network builds each block's shortcut (``make_shortcut``) and
+passes it, with a ``norm_layer`` callable (channels -> module), into the block; a block with
+``residual=False`` is the plain twin: the same layers, no shortcut, so plain and residual
+twins have the same layers (and, under shortcut option A, the same parameters).
 
 Each block exposes its structure so that analysis code needs no guessing:
 
@@ -11,6 +12,7 @@ Each block exposes its structure so that analysis code needs no guessing:
 - ``block.shortcut(x)``: the shortcut S(x) (identity, option-A zero padding or projection);
 - ``block.stage`` / ``block.index``: 1-based position in the network;
 - ``block.last_norm``: the normalisation layer whose gamma zero-gamma sets to 0;
+- ``block.branch_convs``: the convolutions of F in forward order;
 - ``block.response_layers``: names of the sub-modules whose outputs are the ResNet paper's
   Figure 7 "responses" (the output of every 3x3 conv after its BN, before the nonlinearity
   and before the addition).
@@ -21,6 +23,7 @@ blocks compute H(x) = F(x) + S(x) with F starting by BN-ReLU (plain: F(x)).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -31,6 +34,7 @@ from ..errors import UserInputError
 
 Shortcut = Literal["A", "B", "C"]
 Norm = Literal["bn", "none", "bias"]
+NormLayer = Callable[[int], nn.Module]
 SHORTCUTS = ("A", "B", "C")
 NORMS = ("bn", "none", "bias")
 
@@ -46,13 +50,17 @@ class ScalarBias(nn.Module):
         return x + self.bias
 
 
-def make_norm(channels: int, norm: Norm) -> nn.Module:
-    """The normalisation slot after every conv: BatchNorm2d, nothing, or a scalar bias."""
-    if norm == "bn":
-        return nn.BatchNorm2d(channels)
-    if norm == "bias":
-        return ScalarBias()
+def scalar_bias(channels: int) -> ScalarBias:
+    """``norm_layer`` for ``norm="bias"``: one scalar bias, whatever the width."""
+    return ScalarBias()
+
+
+def no_norm(channels: int) -> nn.Identity:
+    """``norm_layer`` for ``norm="none"``: nothing after the conv."""
     return nn.Identity()
+
+
+NORM_LAYERS: dict[str, NormLayer] = {"bn": nn.BatchNorm2d, "bias": scalar_bias, "none": no_norm}
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -82,41 +90,62 @@ class ZeroPadShortcut(nn.Module):
 class Projection(nn.Module):
     """Options B/C: a strided 1x1 convolution followed by normalisation."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: Norm) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer
+    ) -> None:
         super().__init__()
         self.conv = conv1x1(in_channels, out_channels, stride)
-        self.bn = make_norm(out_channels, norm)
+        self.bn = norm_layer(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x))
 
 
 def make_shortcut(
-    option: Shortcut, in_channels: int, out_channels: int, stride: int, norm: Norm
+    option: Shortcut, in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer
 ) -> nn.Module:
     """Shortcut by the paper's options: A zero-pads, B projects where shape changes, C always."""
     changes_shape = stride != 1 or in_channels != out_channels
     if option == "C" or (option == "B" and changes_shape):
-        return Projection(in_channels, out_channels, stride, norm)
+        return Projection(in_channels, out_channels, stride, norm_layer)
     if changes_shape:
         return ZeroPadShortcut(in_channels, out_channels, stride)
     return nn.Identity()
 
 
 class Block(nn.Module):
-    """Base class: structure shared by all blocks (kind, position, branch scale, shortcut)."""
+    """Base class: what every block shares (kind, position, branch scale, shortcut).
+
+    Subclasses build their layers, then call ``self.attach_shortcut`` last, so that the
+    shortcut comes after the branch in ``modules()`` (the order He init draws in) and in
+    the state dict; they name their last norm and their branch convs as class attributes.
+    """
 
     expansion = 1
     preactivation = False
+    response_layers: tuple[str, ...] = ()
+    last_norm_name = ""
+    branch_conv_names: tuple[str, ...] = ()
 
-    def __init__(self, *, residual: bool, stage: int, index: int) -> None:
+    def __init__(self, *, stage: int, index: int) -> None:
         super().__init__()
-        self.residual = residual
         self.stage = stage
         self.index = index
         self.skip: nn.Module | None = None
         # SkipInit / Fixup put a learnable scalar on F; None means no scalar (factor 1).
         self.register_parameter("branch_scale", None)
+
+    def attach_shortcut(self, shortcut: nn.Module | None, residual: bool) -> None:
+        """Register S: ``shortcut`` (None: the identity) if residual; plain blocks have none."""
+        if not residual:
+            if shortcut is not None:
+                raise UserInputError(f"a plain {type(self).__name__} takes no shortcut")
+            return
+        self.skip = nn.Identity() if shortcut is None else shortcut
+
+    @property
+    def residual(self) -> bool:
+        return self.skip is not None
 
     @property
     def kind(self) -> str:
@@ -129,10 +158,15 @@ class Block(nn.Module):
 
     @property
     def last_norm(self) -> nn.Module:
-        raise NotImplementedError
+        """The norm after (post-activation) or before (pre-activation) the last conv of F."""
+        return getattr(self, self.last_norm_name)
 
     @property
     def branch_convs(self) -> list[nn.Conv2d]:
+        return [getattr(self, name) for name in self.branch_conv_names]
+
+    def branch(self, x: Tensor) -> Tensor:
+        """F(x): the residual branch, exactly what the block adds to S(x)."""
         raise NotImplementedError
 
     def _scale(self, out: Tensor) -> Tensor:
@@ -155,7 +189,7 @@ class PostActivationBlock(Block):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.branch(x)
-        if self.residual:
+        if self.skip is not None:
             out = out + self.skip(x)
         return F.relu(out)
 
@@ -164,35 +198,27 @@ class BasicBlock(PostActivationBlock):
     """Two 3x3 convs (He et al. 2016a, Fig. 2): F(x) = BN(W2 relu(BN(W1 x)))."""
 
     response_layers = ("bn1", "bn2")
+    last_norm_name = "bn2"
+    branch_conv_names = ("conv1", "conv2")
 
     def __init__(
         self,
         in_channels: int,
         channels: int,
         stride: int = 1,
+        shortcut: nn.Module | None = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
         *,
         residual: bool = True,
-        shortcut: Shortcut = "A",
-        norm: Norm = "bn",
         stage: int = 1,
         index: int = 1,
-        stride_in: str = "3x3",
     ) -> None:
-        super().__init__(residual=residual, stage=stage, index=index)
+        super().__init__(stage=stage, index=index)
         self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn1 = make_norm(channels, norm)
+        self.bn1 = norm_layer(channels)
         self.conv2 = conv3x3(channels, channels)
-        self.bn2 = make_norm(channels, norm)
-        if residual:
-            self.skip = make_shortcut(shortcut, in_channels, channels, stride, norm)
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.bn2
-
-    @property
-    def branch_convs(self) -> list[nn.Conv2d]:
-        return [self.conv1, self.conv2]
+        self.bn2 = norm_layer(channels)
+        self.attach_shortcut(shortcut, residual)
 
     def branch(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -208,39 +234,31 @@ class Bottleneck(PostActivationBlock):
 
     expansion = 4
     response_layers = ("bn2",)
+    last_norm_name = "bn3"
+    branch_conv_names = ("conv1", "conv2", "conv3")
 
     def __init__(
         self,
         in_channels: int,
         channels: int,
         stride: int = 1,
+        shortcut: nn.Module | None = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
         *,
         residual: bool = True,
-        shortcut: Shortcut = "B",
-        norm: Norm = "bn",
         stage: int = 1,
         index: int = 1,
         stride_in: str = "1x1",
     ) -> None:
-        super().__init__(residual=residual, stage=stage, index=index)
-        out_channels = channels * self.expansion
+        super().__init__(stage=stage, index=index)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in == "1x1" else (1, stride)
         self.conv1 = conv1x1(in_channels, channels, stride_1x1)
-        self.bn1 = make_norm(channels, norm)
+        self.bn1 = norm_layer(channels)
         self.conv2 = conv3x3(channels, channels, stride_3x3)
-        self.bn2 = make_norm(channels, norm)
-        self.conv3 = conv1x1(channels, out_channels)
-        self.bn3 = make_norm(out_channels, norm)
-        if residual:
-            self.skip = make_shortcut(shortcut, in_channels, out_channels, stride, norm)
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.bn3
-
-    @property
-    def branch_convs(self) -> list[nn.Conv2d]:
-        return [self.conv1, self.conv2, self.conv3]
+        self.bn2 = norm_layer(channels)
+        self.conv3 = conv1x1(channels, channels * self.expansion)
+        self.bn3 = norm_layer(channels * self.expansion)
+        self.attach_shortcut(shortcut, residual)
 
     def branch(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -258,6 +276,7 @@ class PreActivationBlock(Block):
     preactivation = True
 
     def _branch_from(self, pre: Tensor) -> Tensor:
+        """F given the pre-activated input relu(bn1(x))."""
         raise NotImplementedError
 
     def branch(self, x: Tensor) -> Tensor:
@@ -271,7 +290,7 @@ class PreActivationBlock(Block):
     def forward(self, x: Tensor) -> Tensor:
         pre = F.relu(self.bn1(x))
         out = self._branch_from(pre)
-        if self.residual:
+        if self.skip is not None:
             out = out + self.skip(pre if self.projects else x)
         return out
 
@@ -283,35 +302,27 @@ class PreActBlock(PreActivationBlock):
     """
 
     response_layers = ("conv1", "conv2")
+    last_norm_name = "bn2"
+    branch_conv_names = ("conv1", "conv2")
 
     def __init__(
         self,
         in_channels: int,
         channels: int,
         stride: int = 1,
+        shortcut: nn.Module | None = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
         *,
         residual: bool = True,
-        shortcut: Shortcut = "A",
-        norm: Norm = "bn",
         stage: int = 1,
         index: int = 1,
-        stride_in: str = "3x3",
     ) -> None:
-        super().__init__(residual=residual, stage=stage, index=index)
-        self.bn1 = make_norm(in_channels, norm)
+        super().__init__(stage=stage, index=index)
+        self.bn1 = norm_layer(in_channels)
         self.conv1 = conv3x3(in_channels, channels, stride)
-        self.bn2 = make_norm(channels, norm)
+        self.bn2 = norm_layer(channels)
         self.conv2 = conv3x3(channels, channels)
-        if residual:
-            self.skip = make_shortcut(shortcut, in_channels, channels, stride, norm)
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.bn2
-
-    @property
-    def branch_convs(self) -> list[nn.Conv2d]:
-        return [self.conv1, self.conv2]
+        self.attach_shortcut(shortcut, residual)
 
     def _branch_from(self, pre: Tensor) -> Tensor:
         out = self.conv1(pre)
@@ -319,43 +330,36 @@ class PreActBlock(PreActivationBlock):
 
 
 class PreActBottleneck(PreActivationBlock):
-    """Pre-activation bottleneck (He et al. 2016b): BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1."""
+    """Pre-activation bottleneck (He et al. 2016b): BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1.
+
+    The stride sits in the 3x3 conv.
+    """
 
     expansion = 4
     response_layers = ("conv2",)
+    last_norm_name = "bn3"
+    branch_conv_names = ("conv1", "conv2", "conv3")
 
     def __init__(
         self,
         in_channels: int,
         channels: int,
         stride: int = 1,
+        shortcut: nn.Module | None = None,
+        norm_layer: NormLayer = nn.BatchNorm2d,
         *,
         residual: bool = True,
-        shortcut: Shortcut = "B",
-        norm: Norm = "bn",
         stage: int = 1,
         index: int = 1,
-        stride_in: str = "3x3",
     ) -> None:
-        super().__init__(residual=residual, stage=stage, index=index)
-        out_channels = channels * self.expansion
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in == "1x1" else (1, stride)
-        self.bn1 = make_norm(in_channels, norm)
-        self.conv1 = conv1x1(in_channels, channels, stride_1x1)
-        self.bn2 = make_norm(channels, norm)
-        self.conv2 = conv3x3(channels, channels, stride_3x3)
-        self.bn3 = make_norm(channels, norm)
-        self.conv3 = conv1x1(channels, out_channels)
-        if residual:
-            self.skip = make_shortcut(shortcut, in_channels, out_channels, stride, norm)
-
-    @property
-    def last_norm(self) -> nn.Module:
-        return self.bn3
-
-    @property
-    def branch_convs(self) -> list[nn.Conv2d]:
-        return [self.conv1, self.conv2, self.conv3]
+        super().__init__(stage=stage, index=index)
+        self.bn1 = norm_layer(in_channels)
+        self.conv1 = conv1x1(in_channels, channels)
+        self.bn2 = norm_layer(channels)
+        self.conv2 = conv3x3(channels, channels, stride)
+        self.bn3 = norm_layer(channels)
+        self.conv3 = conv1x1(channels, channels * self.expansion)
+        self.attach_shortcut(shortcut, residual)
 
     def _branch_from(self, pre: Tensor) -> Tensor:
         out = self.conv1(pre)

@@ -62,7 +62,6 @@ def cifar_resnet(
         norm=norm,
         num_classes=num_classes,
         in_channels=in_channels,
-        stride_in="3x3",
     )
 
 

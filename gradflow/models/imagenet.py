@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import UserInputError
+from ..errors import UserInputError, check_choice
 from .blocks import BasicBlock, Bottleneck
 from .cifar import cifar_info
 from .network import ResNet, build_resnet
@@ -40,12 +40,23 @@ def imagenet_resnet(
     norm: str | None = None,
     num_classes: int = 1000,
     in_channels: int = 3,
-    stride_in: str = "1x1",
+    stride_in: str | None = None,
 ) -> ResNet:
-    """An ImageNet plain/residual net of depth 18, 34, 50, 101 or 152 (paper Table 1)."""
+    """An ImageNet plain/residual net of depth 18, 34, 50, 101 or 152 (paper Table 1).
+
+    ``stride_in`` (bottlenecks only): "1x1" (the paper, default) or "3x3" (torchvision).
+    """
     if depth not in LAYOUTS:
         raise UserInputError(f"ImageNet-style depth {depth} is not one of {sorted(LAYOUTS)}")
     block, layout = LAYOUTS[depth]
+    block_args = None
+    if block is Bottleneck:
+        block_args = {"stride_in": check_choice("stride_in", stride_in or "1x1", ("1x1", "3x3"))}
+    elif stride_in is not None:
+        raise UserInputError(
+            f"stride_in places the stride inside a bottleneck; depth {depth} has basic "
+            "blocks (one 3x3 conv takes the stride): drop the option, or use depth 50, 101, 152"
+        )
     return build_resnet(
         block,
         layout,
@@ -58,7 +69,7 @@ def imagenet_resnet(
         norm=norm,
         num_classes=num_classes,
         in_channels=in_channels,
-        stride_in=stride_in,
+        block_args=block_args,
     )
 
 
@@ -70,7 +81,7 @@ def _factory(depth: int, residual: bool):
         norm: str | None = None,
         num_classes: int = 1000,
         in_channels: int = 3,
-        stride_in: str = "1x1",
+        stride_in: str | None = None,
     ) -> nn.Module:
         return imagenet_resnet(
             depth,

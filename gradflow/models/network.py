@@ -8,13 +8,14 @@ forward order, so ``forward_stem``, the blocks and ``forward_head`` compose to `
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserInputError, check_choice
-from .blocks import Block, Norm, Shortcut, make_norm
+from .blocks import NORM_LAYERS, NORMS, SHORTCUTS, Block, NormLayer, Shortcut, make_shortcut
 
 
 class Stem(nn.Module):
@@ -25,14 +26,14 @@ class Stem(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, width: int, style: str, norm: Norm, preactivation: bool
+        self, in_channels: int, width: int, style: str, norm_layer: NormLayer, preactivation: bool
     ) -> None:
         super().__init__()
         if style == "imagenet":
             self.conv = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
         else:
             self.conv = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
-        self.bn = None if preactivation else make_norm(width, norm)
+        self.bn = None if preactivation else norm_layer(width)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1) if style == "imagenet" else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -47,9 +48,9 @@ class Stem(nn.Module):
 class Head(nn.Module):
     """Final BN-ReLU (pre-activation nets only), global average pooling."""
 
-    def __init__(self, channels: int, norm: Norm, preactivation: bool) -> None:
+    def __init__(self, channels: int, norm_layer: NormLayer, preactivation: bool) -> None:
         super().__init__()
-        self.bn = make_norm(channels, norm) if preactivation else None
+        self.bn = norm_layer(channels) if preactivation else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bn is not None:
@@ -60,7 +61,10 @@ class Head(nn.Module):
 class ResNet(nn.Module):
     """A plain or residual network of He et al. (2016): stem, stages of blocks, head, fc.
 
-    ``residual=False`` gives the plain twin: the same layers with every shortcut removed.
+    The network builds every shortcut (``make_shortcut`` by the option A/B/C) and hands it
+    and ``norm_layer`` to the block, as torchvision does; ``residual=False`` gives the plain
+    twin: the same layers with every shortcut removed. ``block_args`` go to every block
+    (e.g. ``{"stride_in": "3x3"}`` for bottlenecks, as timm's ``block_args``).
     """
 
     def __init__(
@@ -72,36 +76,42 @@ class ResNet(nn.Module):
         style: str,
         residual: bool = True,
         shortcut: Shortcut = "A",
-        norm: Norm = "bn",
+        norm_layer: NormLayer = nn.BatchNorm2d,
         in_channels: int = 3,
         num_classes: int = 10,
-        stride_in: str = "3x3",
+        block_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         stem_width = widths[0] if style == "cifar" else 64
         self.style = style
         self.residual = residual
-        self.stem = Stem(in_channels, stem_width, style, norm, block.preactivation)
+        self.stem = Stem(in_channels, stem_width, style, norm_layer, block.preactivation)
         channels = stem_width
         for stage, (count, width) in enumerate(zip(blocks_per_stage, widths, strict=True), start=1):
             layers = OrderedDict()
             for index in range(1, count + 1):
                 stride = 2 if (index == 1 and stage > 1) else 1
+                out_channels = width * block.expansion
+                skip = (
+                    make_shortcut(shortcut, channels, out_channels, stride, norm_layer)
+                    if residual
+                    else None
+                )
                 layers[f"block{index}"] = block(
                     channels,
                     width,
                     stride,
+                    skip,
+                    norm_layer,
                     residual=residual,
-                    shortcut=shortcut,
-                    norm=norm,
                     stage=stage,
                     index=index,
-                    stride_in=stride_in,
+                    **(block_args or {}),
                 )
-                channels = width * block.expansion
+                channels = out_channels
             self.add_module(f"stage{stage}", nn.Sequential(layers))
         self.num_stages = len(widths)
-        self.head = Head(channels, norm, block.preactivation)
+        self.head = Head(channels, norm_layer, block.preactivation)
         self.fc = nn.Linear(channels, num_classes)
         self.feature_channels = channels
 
@@ -158,10 +168,9 @@ def build_resnet(
     norm: str | None,
     num_classes: int,
     in_channels: int,
-    stride_in: str,
+    block_args: Mapping[str, Any] | None = None,
 ) -> ResNet:
     """Validate user options, build the network, initialise it (see ``init.py``)."""
-    from .blocks import NORMS, SHORTCUTS
     from .init import INITS, apply_init, default_norm
 
     if not residual and shortcut not in (None, "A"):
@@ -172,7 +181,6 @@ def build_resnet(
     shortcut = check_choice("shortcut", shortcut or default_shortcut, SHORTCUTS)
     init = check_choice("init", init, INITS)
     norm = check_choice("norm", norm or default_norm(init), NORMS)
-    stride_in = check_choice("stride_in", stride_in, ("1x1", "3x3"))
     for option, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if not isinstance(value, int) or value < 1:
             raise UserInputError(f"{option} must be a positive integer, got {value!r}")
@@ -183,9 +191,9 @@ def build_resnet(
         style=style,
         residual=residual,
         shortcut=shortcut,
-        norm=norm,
+        norm_layer=NORM_LAYERS[norm],
         in_channels=in_channels,
         num_classes=num_classes,
-        stride_in=stride_in,
+        block_args=block_args,
     )
     return apply_init(model, init)

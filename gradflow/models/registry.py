@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,14 @@ def register(
 
     def decorate(factory: Factory) -> Factory:
         key = name or factory.__name__
+        if key in _MODELS:  # as timm does: replacing is allowed, but never silent
+            old = _MODELS[key].factory
+            warnings.warn(
+                f"register: replacing model {key!r} ({old.__module__}.{old.__qualname__}) "
+                f"with {factory.__module__}.{factory.__qualname__}",
+                UserWarning,
+                stacklevel=2,
+            )
         _MODELS[key] = ModelInfo(
             key,
             factory,
