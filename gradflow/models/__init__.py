@@ -14,6 +14,7 @@ from .complexity import count_macs, count_parameters
 from .init import INITS, apply_init
 from .network import ResNet
 from .registry import ModelInfo, create_model, get_model_info, list_models, register
+from .sources import ModelSource, model_source
 
 __all__ = [
     "INITS",
@@ -21,6 +22,7 @@ __all__ = [
     "Block",
     "Bottleneck",
     "ModelInfo",
+    "ModelSource",
     "PreActBlock",
     "PreActBottleneck",
     "Projection",
@@ -32,5 +34,6 @@ __all__ = [
     "create_model",
     "get_model_info",
     "list_models",
+    "model_source",
     "register",
 ]

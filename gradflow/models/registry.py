@@ -4,7 +4,8 @@ Three kinds of names resolve:
 
 - registered names (``resnet56``, or anything a user adds with ``@register``);
 - family names with a depth (``resnet74``: any depth a family allows, listed or not);
-- external names: ``torchvision:NAME`` and ``path/to/file.py:factory`` (see ``external``).
+- external names: ``torchvision:NAME``, ``hf:MODEL_TYPE`` and ``path/to/file.py:factory``
+  (see ``external``).
 """
 
 from __future__ import annotations
@@ -140,12 +141,17 @@ def _check_options(info: ModelInfo, options: dict) -> None:
 def create_model(name: str, **options) -> nn.Module:
     """Build a model by name with keyword options (``shortcut``, ``init``, ``num_classes``...).
 
-    ``torchvision:NAME`` and ``path/to/file.py:factory`` build external models.
+    ``torchvision:NAME``, ``hf:MODEL_TYPE`` and ``path/to/file.py:factory`` build external
+    models (see ``external``); ``sources.model_source`` adds their example inputs and loss.
     """
     if ":" in name:
         from .external import create_external
 
         return create_external(name, **options)
+    if name.endswith(".py"):
+        from .external import missing_factory_error
+
+        raise missing_factory_error(name)
     info = get_model_info(name)
     _check_options(info, options)
     return info.factory(**options)
