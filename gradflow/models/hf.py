@@ -90,10 +90,11 @@ def config_class(model_type: str):
     return CONFIG_MAPPING[model_type]
 
 
-def config_keys(cls) -> dict[str, str]:
+def config_keys(cls, default=None) -> dict[str, str]:
     """Every option the config class knows, mapped to the field it sets (attribute_map)."""
+    default = cls() if default is None else default
     names = {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs")}
-    names |= {n for n in vars(cls()) if not n.startswith("_")}
+    names |= {n for n in vars(default) if not n.startswith("_")}
     keys = {name: name for name in names}
     keys.update(getattr(cls, "attribute_map", {}) or {})
     return keys
@@ -102,7 +103,8 @@ def config_keys(cls) -> dict[str, str]:
 def config_options(model_type: str, options: dict[str, Any]) -> dict[str, Any]:
     """SMALL defaults and dropout 0 where the config has them, overridden by ``options``."""
     cls = config_class(model_type)
-    keys = config_keys(cls)
+    default = cls()
+    keys = config_keys(cls, default)
     unknown = sorted(set(options) - set(keys) - set(BUILD_OPTIONS))
     if unknown:
         close = difflib.get_close_matches(unknown[0], list(keys), n=3, cutoff=0.6)
@@ -121,9 +123,9 @@ def config_options(model_type: str, options: dict[str, Any]) -> dict[str, Any]:
         config["head_dim"] = width // heads
     vocab = config.get(keys.get("vocab_size", ""))
     for token in TOKEN_IDS:  # special tokens of the full vocabulary: keep them inside it
-        default = getattr(cls(), token, None)
-        if vocab and token in keys and token not in chosen and isinstance(default, int):
-            config[token] = min(default, vocab - 1)
+        value = getattr(default, token, None)
+        if vocab and token in keys and token not in chosen and isinstance(value, int):
+            config[token] = min(value, vocab - 1)
     return config
 
 
