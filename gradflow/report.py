@@ -24,6 +24,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import io as gio
+from .summaries import geomean
 
 BOUNDARY_LABEL = "block boundary k (0 = input of block 1, k = output of block k)"
 
@@ -99,7 +100,7 @@ def cumulative_spectra_figure(summary: pd.DataFrame) -> plt.Figure:
         label = " ".join(str(k) if i == 0 else f"step {k}" for i, k in enumerate(key))
         group = group.assign(rms=np.sqrt(group.get("mean_sq_estimate", np.nan)))
         columns = ["smallest", "largest", "median", "rms"]
-        per_depth = group.groupby("depth")[columns].agg(_geomean)
+        per_depth = group.groupby("depth")[columns].agg(geomean)
         centre = "median" if per_depth["median"].notna().all() else "rms"
         color = palette[key[0]]
         ax.fill_between(
@@ -118,11 +119,6 @@ def cumulative_spectra_figure(summary: pd.DataFrame) -> plt.Figure:
         ax.legend(title=f"model (dashed: {centre_label})", fontsize="small")
     fig.tight_layout()
     return fig
-
-
-def _geomean(values: pd.Series) -> float:
-    positive = values[values > 0]
-    return float(np.exp(np.log(positive).mean())) if len(positive) else float("nan")
 
 
 def block_spectra_figure(spectra: pd.DataFrame) -> plt.Figure:

@@ -22,6 +22,9 @@ import torch
 from torch import nn
 
 from gradflow.errors import UserInputError
+from gradflow.models.build import build_model
+from gradflow.provenance import meta_wall_time
+from gradflow.summaries import gradient_log10_ratio
 from gradflow.train import TrainConfig, TrainResult
 
 from .reporting import (
@@ -29,7 +32,6 @@ from .reporting import (
     compare_rows,
     deepest_spectra,
     final_errors,
-    gradient_log10_ratio,
     histories,
     shown,
     write_report,
@@ -278,7 +280,7 @@ class Experiment:
                 "status": "reused" if result.meta["cache"]["reused"] else "trained",
                 "final_train_error": finals.get("train"),
                 "final_test_error": finals.get("test"),
-                "train_wall_s": result.meta.get("wall_seconds_this_process"),
+                "train_wall_s": meta_wall_time(result.meta),
                 "cache_dir": Path(result.meta["cache"]["dir"]).name,
             }
         )
@@ -338,15 +340,11 @@ class Experiment:
         return self.dataset("test").batch(self.scale.probe_batch, seed=self.args.seed)
 
     def initial_model(self, model: str, init: str = "he") -> nn.Module:
-        """The weights the trainer starts (model, init) from: same seed, same constructor."""
-        from gradflow.models import create_model
-
-        config = self.config(model, init)
-        data = self.dataset("test")
-        torch.manual_seed(config.seed)
-        options = {"init": config.init} if config.init else {}
-        return create_model(
-            model, in_channels=data.channels, num_classes=data.num_classes, **options
+        """The weights the trainer starts (model, init) from: the one ``build_model``."""
+        config, data = self.config(model, init), self.dataset("test")
+        options = {"in_channels": data.channels, "num_classes": data.num_classes}
+        return build_model(
+            model, options={**options, "init": config.init}, seed=config.seed
         ).train()
 
     def spectra(self, model: nn.Module, x: torch.Tensor, label: str) -> pd.DataFrame:
