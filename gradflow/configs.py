@@ -14,7 +14,8 @@ from .errors import ParameterError, UserInputError
 from .options import check_options, option
 
 
-def _datasets() -> tuple[str, ...]:
+def dataset_names() -> tuple[str, ...]:
+    """The data sets ``gradflow.data`` defines (the choices of every --data)."""
     from .data import DATASETS
 
     return DATASETS
@@ -50,7 +51,7 @@ class AnalysisConfig:
     )
     data: str = option(
         "synthetic",
-        choices=_datasets,
+        choices=dataset_names,
         help="probe data (synthetic: generated in code; 1-channel data sets build models with "
         "in_channels=1)",
     )
@@ -104,7 +105,7 @@ class TrainConfig:
     data: str = option(
         "synthetic",
         group="data",
-        choices=_datasets,
+        choices=dataset_names,
         help="dataset (synthetic: generated in code; e.g. --data fashion-mnist)",
     )
     data_dir: str | None = option(None, group="data", help=DATA_DIR_HELP)

@@ -21,8 +21,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from gradflow.configs import DATA_DIR_HELP, dataset_names
 from gradflow.errors import UserInputError
 from gradflow.models.build import build_model
+from gradflow.options import add_options, option
 from gradflow.provenance import meta_wall_time
 from gradflow.summaries import gradient_log10_ratio
 from gradflow.train import TrainConfig, TrainResult
@@ -135,6 +137,31 @@ SCALES = {
 
 
 # ----------------------------------------------------------------------------- arguments
+@dataclass
+class ExperimentOptions:
+    """The command line every experiment shares (flags from these fields' options)."""
+
+    scale: str = option(
+        "small",
+        choices=lambda: list(SCALES),
+        help="smoke: synthetic 8x8 images, seconds (tests); small: Fashion-MNIST 32x32 on a "
+        "2-core CPU, up to ~45 min; full: the paper's CIFAR-10 settings (GPU)",
+    )
+    out: str | None = option(
+        None,
+        help="report folder (default: reports/<experiment> at small scale, "
+        "runs/reports/<experiment>-<scale> otherwise)",
+    )
+    data: str | None = option(None, choices=dataset_names, help="data set (default: the scale's)")
+    data_dir: str | None = option(None, help=DATA_DIR_HELP)
+    cache: str = option(
+        "runs", help="run cache shared by the scripts (default: runs/ in the working directory)"
+    )
+    seed: int = option(0, help="seed of the initial weights, data order and probe batch")
+    quiet: bool = option(False, help="no progress on stderr")
+    plan: bool = option(False, help="list the runs and the estimated time, then stop")
+
+
 def parse_args(script: str, description: str, argv: list[str] | None) -> argparse.Namespace:
     """The shared command line of ``script`` (its file path); ``--out`` defaults to
     reports/<script name> at small scale (the committed reports), else under runs/, both
@@ -143,44 +170,13 @@ def parse_args(script: str, description: str, argv: list[str] | None) -> argpars
     parser = argparse.ArgumentParser(
         prog=f"gradflow reproduce {experiment}", description=description
     )
-    parser.add_argument(
-        "--scale",
-        choices=list(SCALES),
-        default="small",
-        help="smoke: synthetic 8x8 images, seconds (tests); small (default): Fashion-MNIST "
-        "32x32 on a 2-core CPU, up to ~45 min; full: the paper's CIFAR-10 settings (GPU)",
-    )
-    parser.add_argument(
-        "--out",
-        help="report folder (default: reports/<experiment> at small "
-        "scale, runs/reports/<experiment>-<scale> otherwise)",
-    )
-    parser.add_argument(
-        "--data",
-        choices=["synthetic", "fashion-mnist", "cifar10"],
-        help="data set (default: the scale's)",
-    )
-    parser.add_argument("--data-dir", help="folder of the data set's files")
-    parser.add_argument(
-        "--cache",
-        default="runs",
-        help="run cache shared by the scripts (default: runs/ in the working directory)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.add_argument(
-        "--plan", action="store_true", help="list the runs and the estimated time, then stop"
-    )
+    add_options(parser, ExperimentOptions)
     args = parser.parse_args(argv)
     args.experiment = experiment
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        default = (
-            f"reports/{experiment}"
-            if args.scale == "small"
-            else (f"runs/reports/{experiment}-{args.scale}")
-        )
-        args.out = default  # relative to the working directory (the repository root)
+    if args.out is None:  # relative to the working directory (the repository root)
+        small = args.scale == "small"
+        args.out = f"reports/{experiment}" if small else f"runs/reports/{experiment}-{args.scale}"
     return args
 
 
