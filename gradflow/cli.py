@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .configs import AnalysisConfig
 from .errors import UserInputError, cli_message
-from .options import add_options, flags, from_args
+from .options import add_command, from_args
 from .train_cli import add_train_parser
 
 EXIT_USER_ERROR = 2
@@ -106,8 +106,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "analyze",
+        AnalysisConfig,
+        cmd_analyze,
         help="measure gradient flow through models; write a report",
         description=(
             "Measure, for each model at initialisation (and after --steps of training or "
@@ -123,16 +126,13 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
             "  gradflow analyze --model resnet20 --data fashion-mnist --steps 200\n"
             "  gradflow analyze --model my_net.py:build --model torchvision:resnet18"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_options(parser, AnalysisConfig)
     parser.add_argument(
         "--out", help="report folder (default: a new gradflow-report-<models> folder here)"
     )
     parser.add_argument(
         "--force", action="store_true", help="replace --out if it exists and is not empty"
     )
-    parser.set_defaults(run=cmd_analyze, flags=flags(AnalysisConfig))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

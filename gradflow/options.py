@@ -158,3 +158,20 @@ def check_options(config: Any) -> None:
 def flags(config_class: type) -> dict[str, str]:
     """parameter name -> flag for every field of ``config_class`` that has one."""
     return {f.name: flag_of(f) for f in cli_fields(config_class)}
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    config_class: type,
+    run: Callable[[argparse.Namespace], int],
+    **parser_options: Any,
+) -> argparse.ArgumentParser:
+    """A sub-command whose flags are ``config_class``'s options; ``run(args)`` runs it, and a
+    ParameterError in it is shown with the flag of its parameter (``cli_message``)."""
+    parser = sub.add_parser(
+        name, formatter_class=argparse.RawDescriptionHelpFormatter, **parser_options
+    )
+    add_options(parser, config_class)
+    parser.set_defaults(run=run, flags=flags(config_class))
+    return parser

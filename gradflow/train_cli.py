@@ -8,7 +8,7 @@ import sys
 
 from .configs import TrainConfig
 from .errors import UserInputError
-from .options import add_options, flags, from_args
+from .options import add_command, from_args
 
 EXAMPLES = """examples:
   gradflow train --model resnet20 --iterations 2000 --out runs/resnet20
@@ -24,8 +24,11 @@ records.csv/.parquet (Recorder frames every --record-every iterations), final.pt
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``gradflow train`` with every knob of ``TrainConfig`` (its fields' options)."""
-    parser = sub.add_parser(
+    add_command(
+        sub,
         "train",
+        TrainConfig,
+        cmd_train,
         help="train a model with the paper's recipe (resumable, DDP under torchrun)",
         description=(
             "Train a zoo model with He et al.'s CIFAR recipe: SGD lr 0.1, momentum 0.9,\n"
@@ -34,10 +37,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
             "statistics as tidy frames; resumable; DDP under torchrun."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_options(parser, TrainConfig)
-    parser.set_defaults(run=cmd_train, flags=flags(TrainConfig))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

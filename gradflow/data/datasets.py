@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..errors import UserInputError
 from . import DATASETS
-from .augment import BatchLoader, pad_crop_flip, seeded_generator
+from .augment import seeded_generator
 from .formats import (
     CIFAR_FOLDER,
     FASHION_MNIST_DIR,
@@ -30,16 +30,6 @@ DESCRIPTIONS = {
     "fashion-mnist": "Fashion-MNIST (Xiao et al. 2017), real 28x28 grey images of clothing",
     "cifar10": "CIFAR-10 (Krizhevsky 2009), real 32x32 colour images",
 }
-
-__all__ = [
-    "DATASETS",
-    "BatchLoader",
-    "ImageDataset",
-    "load_dataset",
-    "pad_crop_flip",
-    "seeded_generator",
-    "train_val_split",
-]
 
 
 @dataclass(eq=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,8 +44,8 @@ from .run_cache import DONE, RunFailed, cached_run, run_dir, run_key
 __all__ = [
     "DONE", "INITS", "SCALES", "STEP_SECONDS", "Experiment", "RunFailed", "Scale",
     "TrainConfig", "TrainResult", "cached_run", "compare", "compare_rows", "deepest_spectra",
-    "entry", "final_errors", "gradient_log10_ratio", "histories", "parse_args", "run_dir",
-    "run_key", "shown", "start",
+    "entry", "experiment_main", "final_errors", "gradient_log10_ratio", "histories",
+    "parse_args", "run_dir", "run_key", "shown", "start",
 ]  # fmt: skip
 
 
@@ -187,6 +188,24 @@ def start(script: str, doc: str, argv: list[str] | None, key: str) -> Experiment
     return None if experiment.plan() else experiment
 
 
+def experiment_main(key: str) -> Callable[[Callable[[Experiment], None]], Callable]:
+    """Decorator: ``report(experiment)`` becomes its module's ``main(argv)``, which parses the
+    shared command line, prints the plan for ``--plan``, else runs ``report``."""
+
+    def decorate(report: Callable[[Experiment], None]) -> Callable[[list[str] | None], None]:
+        module = sys.modules[report.__module__]
+
+        def main(argv: list[str] | None = None) -> None:
+            experiment = start(module.__file__, module.__doc__ or "", argv, key)
+            if experiment is not None:
+                report(experiment)
+
+        main.__doc__ = report.__doc__
+        return main
+
+    return decorate
+
+
 def entry(main, argv: list[str] | None = None) -> int:
     """Run a script's ``main``: a UserInputError becomes one line on stderr and exit code 2."""
     try:
@@ -281,6 +300,12 @@ class Experiment:
             }
         )
         return result
+
+    def train_all(self) -> tuple[dict[str, TrainResult], pd.DataFrame, pd.DataFrame]:
+        """Every model of this experiment trained (or loaded): the runs, their stacked
+        histories and the table of final errors."""
+        results = {model: self.run(model) for model, _ in self.models()}
+        return results, histories(results), final_errors(results)
 
     def estimate_seconds(self) -> pd.DataFrame:
         """Per run: cached or not, and the estimated training + evaluation seconds on the

@@ -15,15 +15,14 @@ import pandas as pd
 from gradflow.record import record
 from gradflow.report import Section, response_std_figure
 
-from .common import compare_rows, start
+from .common import Experiment, compare_rows, experiment_main
 
 FIGURE_7 = "paper Figure 7"
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "fig7")
-    if experiment is None:  # --plan printed the runs
-        return
+@experiment_main("fig7")
+def main(experiment: Experiment) -> None:
+    """Train or load the runs, measure, write the report (see the module doc)."""
     x, y = experiment.probe()
     frames = []
     for model, _ in experiment.models():

@@ -15,7 +15,7 @@ from gradflow.record import record
 from gradflow.report import Section, activation_grad_figure, cumulative_spectra_figure
 from gradflow.spectra import summarize_spectra
 
-from .common import Experiment, compare_rows, deepest_spectra, gradient_log10_ratio, start
+from .common import Experiment, compare_rows, deepest_spectra, experiment_main, gradient_log10_ratio
 
 EXPECTATION = (
     "the identity term of I + J_F predicts it: the backprop argument of He et al.'s "
@@ -36,10 +36,9 @@ def measure(experiment: Experiment, model, label: str, step: int, x, y):
     return frame, experiment.spectra(model, x, label).assign(step=step)
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "jacobian")
-    if experiment is None:  # --plan printed the runs
-        return
+@experiment_main("jacobian")
+def main(experiment: Experiment) -> None:
+    """Train or load the runs, measure, write the report (see the module doc)."""
     x, y = experiment.probe()
     records, spectra = [], []
     for model, init in experiment.models():

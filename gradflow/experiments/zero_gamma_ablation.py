@@ -22,22 +22,22 @@ from gradflow.report import (
 from gradflow.spectra import summarize_spectra
 
 from .common import (
+    Experiment,
     compare_rows,
     deepest_spectra,
+    experiment_main,
     final_errors,
     gradient_log10_ratio,
     histories,
     shown,
-    start,
 )
 
 GOYAL = "Goyal et al. 2017 set gamma = 0 in the last BN of each residual block"
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "zero_gamma")
-    if experiment is None:  # --plan printed the runs
-        return
+@experiment_main("zero_gamma")
+def main(experiment: Experiment) -> None:
+    """Train or load the runs, measure, write the report (see the module doc)."""
     x, y = experiment.probe()
     records, spectra, results, diverged = [], [], {}, []
     for model, init in experiment.models():
