@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -47,14 +46,21 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .configs import TrainConfig
-from .data import BatchLoader, ImageDataset, load_dataset, train_val_split
+from .data import BatchLoader, ImageDataset
 from .distributed import World, setup_world, weights_spread
 from .errors import UserInputError
+from .history import (
+    HISTORY_COLUMNS,
+    batch_sums,
+    evaluate,
+    history_rows,
+    last_error,
+    training_datasets,
+)
 from .io import atomic_path, remove_stale_temporaries, write_frame, write_text
 from .models.build import build_model
 from .provenance import data_meta, run_meta
 
-HISTORY_COLUMNS = ("model", "step", "split", "quantity", "value")
 CHECKPOINT = "checkpoint.pt"
 # Settings that may change on --resume: where and how it runs, not what it computes.
 RESUMABLE_CHANGES = ("resume", "out_dir", "device", "progress", "data_dir", "download")
@@ -82,68 +88,6 @@ class TrainResult:
         """The last logged value of ``quantity`` on ``split`` (error in %)."""
         rows = self.history[(self.history.split == split) & (self.history.quantity == quantity)]
         return float(rows.value.iloc[-1])
-
-
-# ----- data and evaluation ----------------------------------------------------------------
-def _datasets(config: TrainConfig) -> tuple[ImageDataset, dict[str, ImageDataset]]:
-    """(training set, {split: evaluation set}) as the config asks."""
-    options = dict(
-        data_dir=config.data_dir,
-        pad_to=config.pad_to,
-        seed=config.seed,
-        image_size=config.synthetic_image_size,
-    )
-    train_set = load_dataset(
-        config.data, split="train", size=config.synthetic_size, download=config.download, **options
-    )
-    evaluation = {"test": load_dataset(config.data, split="test", **options)}
-    if config.val_size:
-        train_set, evaluation["val"] = train_val_split(train_set, config.val_size, config.seed)
-    return train_set, evaluation
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset: ImageDataset, world: World, batch_size: int) -> Tensor:
-    """[wrong, summed loss, count] over ``dataset`` in eval mode, summed over ranks' shards."""
-    was_training = model.training
-    world.broadcast_buffers(model)  # every rank evaluates rank 0's (= the saved) model
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=world.device)
-    indices = torch.arange(world.rank, len(dataset), world.size)
-    for chunk in indices.split(batch_size):
-        images, labels = dataset.take(chunk)
-        images, labels = images.to(world.device), labels.to(world.device)
-        logits = model(images)
-        sums += _batch_sums(logits, labels)
-    model.train(was_training)
-    return world.sum(sums)
-
-
-def _batch_sums(logits: Tensor, labels: Tensor) -> Tensor:
-    """[wrong, summed cross-entropy, count] of one batch, float64."""
-    wrong = (logits.argmax(1) != labels).sum()
-    loss = F.cross_entropy(logits.detach().float(), labels, reduction="sum")
-    count = torch.tensor(len(labels), device=logits.device)
-    return torch.stack([wrong.double(), loss.double(), count.double()])
-
-
-def _rows(label: str, step: int, split: str, sums: Tensor) -> list[dict]:
-    wrong, loss, count = sums.tolist()
-    if not math.isfinite(loss):
-        raise UserInputError(
-            f"training diverged by iteration {step} ({split} loss {loss}); "
-            "lower --lr or add --warmup-iterations"
-        )
-    return [
-        {
-            "model": label,
-            "step": step,
-            "split": split,
-            "quantity": "error",
-            "value": 100 * wrong / count,
-        },
-        {"model": label, "step": step, "split": split, "quantity": "loss", "value": loss / count},
-    ]
 
 
 # ----- checkpoints ------------------------------------------------------------------------
@@ -311,7 +255,7 @@ class _Run:
             frame = recorder.frame()
             frame["step"] = iteration
             self.records.append(frame)
-        sums = _batch_sums(logits, labels)
+        sums = batch_sums(logits, labels)
         self.interval += sums
         if self.warming_up:
             wrong, _, count = self.world.sum(sums.clone()).tolist()
@@ -321,21 +265,21 @@ class _Run:
     def log(self, step: int, lr: float, evaluation: dict[str, ImageDataset]) -> None:
         """Training error and loss of the interval, lr, and an evaluation of every split."""
         label, world = self.label, self.world
-        self.history += _rows(label, step, "train", world.sum(self.interval.clone()))
+        self.history += history_rows(label, step, "train", world.sum(self.interval.clone()))
         self.history.append(
             {"model": label, "step": step, "split": "train", "quantity": "lr", "value": lr}
         )
         self.interval.zero_()
         for split, dataset in evaluation.items():
             sums = evaluate(self.core, dataset, world, self.config.eval_batch_size)
-            self.history += _rows(label, step, split, sums)
+            self.history += history_rows(label, step, split, sums)
 
 
 def _train(config: TrainConfig, world: World) -> TrainResult:
     """Data, model and optimiser, then the loop: step, log, checkpoint (see the module doc)."""
     started = time.perf_counter()
     out_dir, checkpoint_path = prepare_out_dir(config, world)
-    train_set, evaluation = _datasets(config)
+    train_set, evaluation = training_datasets(config)
     run = _Run(config, world, train_set)
     if config.resume and checkpoint_path and checkpoint_path.exists():
         run.restore(checkpoint_path)
@@ -349,8 +293,8 @@ def _train(config: TrainConfig, world: World) -> TrainResult:
             run.log(step, lr, evaluation)
             if progress is not None:
                 progress.set_postfix(
-                    train_err=f"{_last(run.history, 'train'):.1f}%",
-                    test_err=f"{_last(run.history, 'test'):.1f}%",
+                    train_err=f"{last_error(run.history, 'train'):.1f}%",
+                    test_err=f"{last_error(run.history, 'test'):.1f}%",
                     lr=f"{lr:g}",
                     refresh=False,
                 )
@@ -375,12 +319,6 @@ def _write_outputs(out_dir: Path, run: _Run, config: TrainConfig, meta: dict) ->
     with atomic_path(out_dir / "final.pt") as tmp:
         torch.save({"model": run.core.state_dict(), "config": _config_dict(config)}, tmp)
     write_text(out_dir / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
-
-
-def _last(history: list[dict], split: str) -> float:
-    return next(
-        r["value"] for r in reversed(history) if r["split"] == split and r["quantity"] == "error"
-    )
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -185,6 +185,16 @@ def _statistics(raw: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def _ensure_cifar10(directory: Path | None) -> None:
+    """Download CIFAR-10 into ``directory`` unless its files are there already."""
+    from .formats import cifar_folder
+
+    try:
+        cifar_folder(directory)
+    except UserInputError:
+        download_cifar10(directory)
+
+
 def load_dataset(
     name: str,
     *,
@@ -211,27 +221,20 @@ def load_dataset(
             f"unknown split {split!r}; choose train or test (or use train_val_split)"
         )
     directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir(name)
-    options: tuple = ()
     if name == "synthetic":
         if size is not None and size < num_classes:
             raise UserInputError(f"synthetic size {size} is smaller than {num_classes} classes")
-        options = (
+        train_options = (
             ("image_size", image_size),
             ("channels", channels),
             ("num_classes", num_classes),
             ("seed", seed),
-        )
-        train_options = options  # statistics come from the default-size training split
-        options += (("size", size),)
+        )  # statistics come from the default-size training split
+        options = (*train_options, ("size", size))
     else:
-        train_options = options
+        options = train_options = ()
         if name == "cifar10" and download:
-            from .formats import cifar_folder
-
-            try:
-                cifar_folder(directory)
-            except UserInputError:
-                download_cifar10(directory)
+            _ensure_cifar10(directory)
     raw, labels = _read_raw(name, directory, split, options)
     raw = _pad(raw, pad_to)
     key = () if name == "synthetic" or directory is None else _file_key(directory)

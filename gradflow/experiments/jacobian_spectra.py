@@ -13,7 +13,7 @@ import pandas as pd
 
 from gradflow.record import record
 from gradflow.report import Section, activation_grad_figure, cumulative_spectra_figure
-from gradflow.spectra import summarize_spectra
+from gradflow.summaries import spectra_summary_by_step
 
 from .common import Experiment, compare_rows, deepest_spectra, experiment_main, gradient_log10_ratio
 
@@ -38,7 +38,23 @@ def measure(experiment: Experiment, model, label: str, step: int, x, y):
 
 @experiment_main("jacobian")
 def main(experiment: Experiment) -> None:
-    """Train or load the runs, measure, write the report (see the module doc)."""
+    """Train or load the runs, measure at init and after training, write the report."""
+    records, spectra = measure_all(experiment)
+    summary = spectra_summary_by_step(spectra)
+    table = deepest_spectra(summary)
+    ratios = gradient_log10_ratio(records, by=("model", "step"))
+    table["grad_log10_ratio"] = [ratios[m, s] for m, s in zip(table.model, table.step, strict=True)]
+    steps = sorted(records["step"].unique())
+    experiment.write_report(
+        "Cumulative Jacobian spectra: plain vs residual",
+        sections(table, summary, records, steps),
+        {"records": records, "spectra": spectra, "spectra_summary": summary, "summary": table},
+        comparisons(table, steps),
+    )
+
+
+def measure_all(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Records and spectra of every model at initialisation and after its training run."""
     x, y = experiment.probe()
     records, spectra = [], []
     for model, init in experiment.models():
@@ -50,16 +66,11 @@ def main(experiment: Experiment) -> None:
             frame, spectrum = measure(experiment, network, model, step, x, y)
             records.append(frame)
             spectra.append(spectrum)
-    records = pd.concat(records, ignore_index=True)
-    spectra = pd.concat(spectra, ignore_index=True)
-    summary = pd.concat(
-        [summarize_spectra(part).assign(step=step) for step, part in spectra.groupby("step")],
-        ignore_index=True,
-    )
-    table = deepest_spectra(summary)
-    ratios = {step: gradient_log10_ratio(part) for step, part in records.groupby("step", sort=True)}
-    table["grad_log10_ratio"] = [ratios[s][m] for m, s in zip(table.model, table.step, strict=True)]
-    steps = sorted(ratios)
+    return pd.concat(records, ignore_index=True), pd.concat(spectra, ignore_index=True)
+
+
+def comparisons(table: pd.DataFrame, steps: list[int]) -> list[str]:
+    """Each plain net against its residual counterpart, at every step."""
     comparisons = []
     for step in steps:
         when = "at initialisation" if step == 0 else f"after {step} iterations"
@@ -78,6 +89,13 @@ def main(experiment: Experiment) -> None:
                              quantity="log10 ratio of the gradient norm at the first block to "
                              "the last"),
             ]  # fmt: skip
+    return comparisons
+
+
+def sections(
+    table: pd.DataFrame, summary: pd.DataFrame, records: pd.DataFrame, steps: list[int]
+) -> list[Section]:
+    """The spectra section (table and one figure per step) and the backward-signal one."""
     note = (
         "Per sample, BN in eval mode with its statistics calibrated on the probe batch in a "
         "copy of each model (at initialisation and after training alike). The band spans the "
@@ -86,7 +104,7 @@ def main(experiment: Experiment) -> None:
         "log10_condition is a lower bound; log10_spread = log10(largest / RMS singular "
         "value) needs no smallest value (0 for an isometry) and is what the comparison uses."
     )
-    sections = [
+    return [
         Section(
             "Cumulative spectra vs depth",
             paragraphs=[note],
@@ -116,9 +134,3 @@ def main(experiment: Experiment) -> None:
             ],
         ),
     ]
-    experiment.write_report(
-        "Cumulative Jacobian spectra: plain vs residual",
-        sections,
-        {"records": records, "spectra": spectra, "spectra_summary": summary, "summary": table},
-        comparisons,
-    )
