@@ -1,4 +1,4 @@
-"""One analysis run: models + a probe batch -> records and spectra -> summary and report.
+"""One analysis run: models + a measurement batch -> records and spectra -> summary and report.
 
 ``analyze(["plain56", "resnet56"])`` is what ``gradflow analyze`` runs (``gradflow.pipeline``
 adds the training for ``--steps``; this module does not import the trainer). For each model,
@@ -6,8 +6,8 @@ as it is given (or built from its name, or loaded from a checkpoint), it measure
 
 - the Recorder's frame on one batch (response std per 3x3 layer, activation-gradient norm
   at every block boundary, parameter-gradient and weight norms);
-- the block and cumulative Jacobian spectra on a few probe samples (eval-mode BN with
-  running statistics calibrated on the probe batch in a copy of the model);
+- the block and cumulative Jacobian spectra on a few samples of the batch (eval-mode BN with
+  running statistics calibrated on the measurement batch in a copy of the model);
 
 and condenses them into one summary row per model and a plain-language verdict.
 """
@@ -206,7 +206,7 @@ def analyze(
     progress: bool = True,
     threads: int = 1,
 ) -> AnalysisResult:
-    """Measure gradient flow through each model as it is now, on one probe batch.
+    """Measure gradient flow through each model as it is now, on one measurement batch.
 
     ``models``: registry names (built for the data set's channels and classes with
     ``build_model``, seeded with ``seed``), ``nn.Module`` objects (analysed as given, never
@@ -255,13 +255,13 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def probe_batch(
+def measurement_batch(
     config: AnalysisConfig, device: torch.device
 ) -> tuple[ImageDataset, Tensor, Tensor]:
     """The data set and the seeded, class-balanced batch every model is measured on."""
     from .data import load_dataset
 
-    # the synthetic set is generated in code: 2,000 images are plenty for a probe batch
+    # the synthetic set is generated in code: 2,000 images are plenty for a measurement batch
     sized = {"size": 2000} if config.data == "synthetic" else {}
     dataset = load_dataset(config.data, data_dir=config.data_dir, **sized)
     x, y = dataset.batch(config.batch_size, seed=config.seed)
@@ -321,7 +321,7 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     """Build the models, measure each (record, spectra), summarise; global RNG restored."""
     device = parse_device(config.device)
     started = time.time()
-    dataset, x, y = probe_batch(config, device)
+    dataset, x, y = measurement_batch(config, device)
     rng_state = torch.random.get_rng_state()
     frames: dict[str, list[pd.DataFrame]] = {"record": [], "spectra": []}
     timings = []

@@ -52,17 +52,19 @@ class AnalysisConfig:
     data: str = option(
         "synthetic",
         choices=dataset_names,
-        help="probe data (synthetic: generated in code; 1-channel data sets build models with "
-        "in_channels=1)",
+        help="data of the measurement batch (synthetic: generated in code; 1-channel data "
+        "sets build models with in_channels=1)",
     )
     data_dir: str | None = option(None, help=DATA_DIR_HELP)
-    batch_size: int = option(128, minimum=2, help="probe batch size")
-    samples: int = option(2, minimum=1, help="probe samples for the Jacobian spectra")
+    batch_size: int = option(128, minimum=2, help="measurement batch size")
+    samples: int = option(
+        2, minimum=1, help="samples of the measurement batch for the Jacobian spectra"
+    )
     k: int = option(8, minimum=1, help="largest and smallest singular values per operator")
     depths: str = option(
         "auto", help="depths of the cumulative spectra: auto, all, or a comma list like 1,9,18,27"
     )
-    seed: int = option(0, help="seed of the probe batch and of the models' initial weights")
+    seed: int = option(0, help="seed of the measurement batch and of the models' initial weights")
     device: str = option("cpu", help="cpu, cuda or cuda:N")
     init: str | None = option(
         None, help="initialisation for registry models: he, zero_gamma, skipinit, fixup"

@@ -73,7 +73,7 @@ def response_std_figure(records: pd.DataFrame) -> plt.Figure:
 def cumulative_spectra_figure(summary: pd.DataFrame) -> plt.Figure:
     """Singular values of the cumulative Jacobian (input -> output of block k) vs depth k.
 
-    A band spans the smallest to the largest computed singular value (averaged over probe
+    A band spans the smallest to the largest computed singular value (averaged over the
     samples in log space). The dashed line is the median where the whole spectrum was
     computed, else the RMS singular value sqrt(||J||_F^2 / dim) from Hutchinson's estimate.
     """

@@ -163,7 +163,7 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 
 SPECTRA_NOTE = (
     "Jacobians are taken per sample with BatchNorm in eval mode, its running statistics "
-    "calibrated on the probe batch in a copy of the model (the analysed model is never "
+    "calibrated on the measurement batch in a copy of the model (the analysed model is never "
     "modified). J_H is the Jacobian of a plain block, I+J_F that of a whole residual block "
     "and J_F that of its residual branch alone, each at the input the block actually "
     "receives; prod is the Jacobian of the map from the network input to the output of "
@@ -210,7 +210,7 @@ def build_analysis_report(result) -> Report:
 
 
 def _summary_section(result) -> Section:
-    """What data and probe batch the run used, the verdicts and the summary table."""
+    """What data and measurement batch the run used, the verdicts and the summary table."""
     config, data = result.meta.get("config", {}), result.meta.get("data", {})
     data_line = f"Data: {data.get('description', 'unknown')}."
     if data.get("synthetic"):
@@ -218,14 +218,14 @@ def _summary_section(result) -> Section:
             " These numbers were measured on gradflow's embedded synthetic images, not on a "
             "real data set; use --data fashion-mnist or cifar10 for real data."
         )
-    probe = (
+    batch = (
         f"One batch of {config.get('batch_size')} images (seed {config.get('seed')}) for the "
         f"records; spectra on the first {config.get('samples')} of them, the {config.get('k')} "
         f"largest and {config.get('k')} smallest singular values per operator, depths "
         f"{config.get('depths')!s}."
     )
     return Section(
-        "Summary", paragraphs=[data_line, probe, *result.verdicts()], table=result.summary
+        "Summary", paragraphs=[data_line, batch, *result.verdicts()], table=result.summary
     )
 
 

@@ -88,13 +88,13 @@ class ImageDataset:
         )
 
     def batch(self, batch_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """A seeded probe batch, class-balanced: classes take turns in a seeded random order.
+        """A seeded measurement batch, class-balanced: classes take turns in a seeded random order.
 
         Sample i of the batch is the (i // K)-th randomly chosen image of the (i mod K)-th
         class present, so every class has floor or ceil of batch_size / K images.
         """
         if not 1 <= batch_size <= len(self):
-            raise UserInputError(f"probe batch size must be 1..{len(self)}, got {batch_size}")
+            raise UserInputError(f"batch size must be 1..{len(self)}, got {batch_size}")
         generator = seeded_generator(seed, 7)
         order = torch.randperm(len(self), generator=generator)
         class_turn = torch.argsort(torch.randperm(self.num_classes, generator=generator))

@@ -51,7 +51,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Scale:
-    """One preset: data, training budget, logging intervals, probe sizes, models per experiment."""
+    """One preset: data, training budget, logging intervals, measurement sizes, models."""
 
     name: str
     data: str
@@ -66,7 +66,7 @@ class Scale:
     val_size: int  # held-out training images (the paper: 5000 of CIFAR-10's 50000)
     warmup_iterations: int  # at most this many at lr 0.01 for the models in WARMUP_MODELS
     threads: int | None  # torch threads (None: torch's default)
-    probe_batch: int  # images for records and spectra of trained / initial models
+    measurement_batch: int  # images for records and spectra of trained / initial models
     spectra_samples: int
     spectra_k: int
     spectra_matvecs: int
@@ -108,7 +108,7 @@ STEP_SECONDS = {
 SMALL = Scale(
     name="small", data="fashion-mnist", image_size=32, synthetic_size=None, iterations=300,
     imagenet_iterations=1000, batch_size=128, evaluations=5, records=2, checkpoints=5,
-    val_size=0, warmup_iterations=100, threads=1, probe_batch=128, spectra_samples=2,
+    val_size=0, warmup_iterations=100, threads=1, measurement_batch=128, spectra_samples=2,
     spectra_k=8, spectra_matvecs=256, spectra_depths=6,
     models={
         **PAPER_MODELS,
@@ -122,7 +122,7 @@ SCALES = {
     "smoke": replace(
         SMALL, name="smoke", data="synthetic", image_size=8, synthetic_size=256, iterations=6,
         imagenet_iterations=6, batch_size=16, evaluations=2, checkpoints=1,
-        warmup_iterations=2, probe_batch=8, spectra_samples=1, spectra_k=2,
+        warmup_iterations=2, measurement_batch=8, spectra_samples=1, spectra_k=2,
         spectra_matvecs=24, spectra_depths=3,
         # ResNet-110 with 4 inits would take more than 15 s at smoke scale
         models={**SMALL.models,
@@ -158,7 +158,7 @@ class ExperimentOptions:
     cache: str = option(
         "runs", help="run cache shared by the scripts (default: runs/ in the working directory)"
     )
-    seed: int = option(0, help="seed of the initial weights, data order and probe batch")
+    seed: int = option(0, help="seed of the initial weights, data order and measurement batch")
     quiet: bool = option(False, help="no progress on stderr")
     plan: bool = option(False, help="list the runs and the estimated time, then stop")
 
@@ -356,9 +356,9 @@ class Experiment:
             image_size=config.synthetic_image_size,
         )
 
-    def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The probe batch: ``probe_batch`` class-balanced test images (seeded)."""
-        return self.dataset("test").batch(self.scale.probe_batch, seed=self.args.seed)
+    def measurement_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The measurement batch: ``measurement_batch`` class-balanced test images (seeded)."""
+        return self.dataset("test").batch(self.scale.measurement_batch, seed=self.args.seed)
 
     def initial_model(self, model: str, init: str = "he") -> nn.Module:
         """The weights the trainer starts (model, init) from: the one ``build_model``."""

@@ -42,12 +42,13 @@ def main(experiment: Experiment) -> None:
                      paper=f"Table 6: {resnet[0]} {PAPER_TABLE_6.get(resnet[0])}%, "
                      f"{resnet[-1]} {PAPER_TABLE_6.get(resnet[-1])}% on CIFAR-10"),
     ]  # fmt: skip
-    for twin in plain:
-        residual = twin.replace("plain", "resnet")
+    for plain_net in plain:
+        residual = plain_net.replace("plain", "resnet")
         if residual in final.index:
             comparisons.append(compare_rows(
-                final, residual, twin, "train_error", quantity="training error",
-                expected="lower", paper=f"{FIGURE_6}: a ResNet trains better than its plain twin",
+                final, residual, plain_net, "train_error", quantity="training error",
+                expected="lower",
+                paper=f"{FIGURE_6}: a ResNet trains better than its plain counterpart",
             ))  # fmt: skip
     panels = {"plain nets": plain, "ResNets": resnet}
     section = Section(

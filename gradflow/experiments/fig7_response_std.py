@@ -23,7 +23,7 @@ FIGURE_7 = "paper Figure 7"
 @experiment_main("fig7")
 def main(experiment: Experiment) -> None:
     """Train or load the runs, measure, write the report (see the module doc)."""
-    x, y = experiment.probe()
+    x, y = experiment.measurement_batch()
     frames = []
     for model, _ in experiment.models():
         trained = experiment.run(model).model.eval()  # BN with its running statistics
@@ -52,7 +52,7 @@ def main(experiment: Experiment) -> None:
     section = Section(
         "Layer responses (Figure 7 layout)",
         paragraphs=[
-            f"Trained models in eval mode (BN with its running statistics), one probe batch "
+            f"Trained models in eval mode (BN with its running statistics), one measurement batch "
             f"of {len(x)} class-balanced test images. (a) layers in forward order, (b) the "
             "same values sorted in descending order. The stem's BN counts as the first layer."
         ],

@@ -55,7 +55,7 @@ def main(experiment: Experiment) -> None:
 
 def measure_all(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Records and spectra of every model at initialisation and after its training run."""
-    x, y = experiment.probe()
+    x, y = experiment.measurement_batch()
     records, spectra = [], []
     for model, init in experiment.models():
         trained = experiment.run(model, init)
@@ -97,7 +97,7 @@ def sections(
 ) -> list[Section]:
     """The spectra section (table and one figure per step) and the backward-signal one."""
     note = (
-        "Per sample, BN in eval mode with its statistics calibrated on the probe batch in a "
+        "Per sample, BN in eval mode with its statistics calibrated on the measurement batch in a "
         "copy of each model (at initialisation and after training alike). The band spans the "
         "smallest to the largest computed singular value; the smallest are Krylov estimates "
         "(upper bounds on the true smallest) unless the summary says converged, so "
@@ -122,7 +122,7 @@ def sections(
         Section(
             "Backward signal",
             paragraphs=[
-                "||dL/dz_k|| at every block boundary on the probe batch (train-mode "
+                "||dL/dz_k|| at every block boundary on the measurement batch (train-mode "
                 "BN), at initialisation and after training (line style = step)."
             ],
             figures=[

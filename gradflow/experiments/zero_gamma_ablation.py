@@ -58,7 +58,7 @@ def main(experiment: Experiment) -> None:
 
 def measure_and_train(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame, dict, list]:
     """Gradient norms and spectra summary at init, the training runs, the diverged labels."""
-    x, y = experiment.probe()
+    x, y = experiment.measurement_batch()
     records, spectra, results, diverged = [], [], {}, []
     for model, init in experiment.models():
         label = f"{model} {init}"
@@ -126,12 +126,12 @@ def sections(
         Section(
             "At initialisation",
             paragraphs=[
-                f"One probe batch of {experiment.scale.probe_batch} test images, models in "
-                "train mode as training starts. Gradient norms: ||dL/dz_k|| at every block "
-                "boundary. Spectra: singular "
+                f"One measurement batch of {experiment.scale.measurement_batch} test images, "
+                "models in train mode as training starts. Gradient norms: ||dL/dz_k|| at every "
+                "block boundary. Spectra: singular "
                 "values of the Jacobian of the map from the input to the output of block k "
                 "(the cumulative product prod (I + J_F)), per sample with BN in eval mode, "
-                "its statistics calibrated on the probe batch in a copy of the model.",
+                "its statistics calibrated on the measurement batch in a copy of the model.",
                 "largest / smallest: extreme computed singular values at the deepest block "
                 "measured (log10_condition = log10 of their ratio); smallest is a Krylov "
                 "estimate, an upper bound on the true smallest. An exact 0 (condition inf) is "
