@@ -11,7 +11,7 @@ import importlib
 import sys
 import types
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> the module that defines it; imported on first use (PEP 562), so that
 # ``import gradflow`` (and ``gradflow --help``) does not pay for torch, pandas or pytest.

@@ -18,10 +18,10 @@ def versions() -> dict[str, str]:
     import pandas as pd
     import torch
 
-    import gradflow
+    from ._version import __version__
 
     return {
-        "gradflow": gradflow.__version__,
+        "gradflow": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "pandas": pd.__version__,
