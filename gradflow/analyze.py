@@ -33,7 +33,7 @@ from . import io as gio
 from .checkpoint import load_weights
 from .configs import AnalysisConfig
 from .data import ImageDataset
-from .errors import UserInputError
+from .errors import ParameterError, UserInputError
 from .models.build import build_model
 from .provenance import data_meta, run_meta
 from .summaries import SUMMARY_COLUMNS, spectra_summary_by_step, summary_table
@@ -357,8 +357,8 @@ def parse_depths(depths: str) -> str | list[int]:
     try:
         return [int(d) for d in depths.split(",") if d.strip()]
     except ValueError:
-        raise UserInputError(
-            f"depths {depths!r}: use auto, all or block numbers like 1,9,18,27"
+        raise ParameterError(
+            "depths", f"depths {depths!r}: use auto, all or block numbers like 1,9,18,27"
         ) from None
 
 
@@ -367,9 +367,13 @@ def parse_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserInputError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+        raise ParameterError(
+            "device", f"device {name!r} is unknown: use cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device cuda asked for, but no CUDA device is available here")
+        raise ParameterError(
+            "device", "device cuda asked for, but no CUDA device is available here"
+        )
     return device
 
 
