@@ -20,18 +20,24 @@ from .errors import UserInputError
 HISTORY_COLUMNS = ("model", "step", "split", "quantity", "value")
 
 
-def training_datasets(config: TrainConfig) -> tuple[ImageDataset, dict[str, ImageDataset]]:
-    """(training set, {split: evaluation set}) as the config asks."""
-    options = dict(
+def dataset_split(config: TrainConfig, split: str, **options: object) -> ImageDataset:
+    """``split`` of the config's data set, loaded as the trainer loads it (``options``: more
+    ``load_dataset`` arguments)."""
+    return load_dataset(
+        config.data,
+        split=split,
         data_dir=config.data_dir,
         pad_to=config.pad_to,
         seed=config.seed,
         image_size=config.synthetic_image_size,
+        **options,
     )
-    train_set = load_dataset(
-        config.data, split="train", size=config.synthetic_size, download=config.download, **options
-    )
-    evaluation = {"test": load_dataset(config.data, split="test", **options)}
+
+
+def training_datasets(config: TrainConfig) -> tuple[ImageDataset, dict[str, ImageDataset]]:
+    """(training set, {split: evaluation set}) as the config asks."""
+    train_set = dataset_split(config, "train", size=config.synthetic_size, download=config.download)
+    evaluation = {"test": dataset_split(config, "test")}
     if config.val_size:
         train_set, evaluation["val"] = train_val_split(train_set, config.val_size, config.seed)
     return train_set, evaluation

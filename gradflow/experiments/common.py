@@ -344,17 +344,9 @@ class Experiment:
 
     def dataset(self, split: str = "test"):
         """A split of this experiment's data, loaded exactly as the trainer loads it."""
-        from gradflow.data import load_dataset
+        from gradflow.history import dataset_split
 
-        config = self.config("resnet20")
-        return load_dataset(
-            config.data,
-            split=split,
-            data_dir=config.data_dir,
-            pad_to=config.pad_to,
-            seed=config.seed,
-            image_size=config.synthetic_image_size,
-        )
+        return dataset_split(self.config("resnet20"), split)
 
     def measurement_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The measurement batch: ``measurement_batch`` class-balanced test images (seeded)."""
