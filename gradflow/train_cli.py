@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from .configs import TrainConfig
 from .errors import UserInputError
@@ -47,12 +46,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = from_args(TrainConfig, args)
     result = train(config)
     if config.progress and int(os.environ.get("RANK", "0")) == 0:
-        dataset = result.meta["dataset"]
+        data = result.meta["data"]
         errors = ", ".join(f"{s} {v:.2f}%" for s, v in result.meta["final_error_percent"].items())
         print(
             f"{config.label or config.model} after {config.iterations} iterations: error {errors}"
         )
-        print(f"data: {dataset['description']}", file=sys.stdout)
+        print(f"data: {data['description']}")
         if config.out_dir:
             print(f"wrote {config.out_dir}/ (history, records, checkpoint.pt, final.pt, meta.json)")
     return 0

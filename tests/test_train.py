@@ -202,3 +202,12 @@ def test_checkpoint_holds_what_exact_resume_needs(tmp_path):
     with pytest.raises(UserInputError, match="not a gradflow training checkpoint"):
         torch.save({"weights": 1}, tmp_path / "checkpoint.pt")
         train(TrainConfig(**{**vars(config), "resume": True}))
+
+
+def test_cli_prints_the_final_errors_and_the_data(capsys):
+    args = [a for a in TINY_ARGS if a != "--quiet"]
+    assert (
+        main(["train", *args, "--iterations", "2", "--eval-every", "2", "--record-every", "0"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "resnet8 after 2 iterations: error" in out and "data: synthetic" in out
