@@ -7,33 +7,84 @@
 >>> res = gf.analyze(["plain56", "resnet56"])   # what `gradflow analyze` runs
 """
 
-from . import testing
-from .analyze import AnalysisResult, analyze
-from .data import DATASETS, ImageDataset, load_dataset, train_val_split
-from .errors import UserInputError
-from .models import (
-    count_macs,
-    count_parameters,
-    create_model,
-    get_model_info,
-    list_models,
-    register,
-)
-from .record import FRAME_COLUMNS, QUANTITIES, NonFiniteError, Recorder, record, to_wide
-from .spectra import (
-    SpectrumResult,
-    block_spectra,
-    calibrated_copy,
-    cumulative_singular_values,
-    frobenius_norm,
-    singular_values,
-    spectral_density,
-    summarize_spectra,
-)
-from .state import ModelState, preserved_buffers, preserved_rng
-from .train import TrainConfig, TrainResult  # train() stays gradflow.train.train
+import importlib
+import sys
+import types
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+# public name -> the module that defines it; imported on first use (PEP 562), so that
+# ``import gradflow`` (and ``gradflow --help``) does not pay for torch, pandas or pytest.
+_EXPORTS = {
+    "AnalysisResult": "analyze",
+    "analyze": "analyze",
+    "DATASETS": "data",
+    "ImageDataset": "data",
+    "load_dataset": "data",
+    "train_val_split": "data",
+    "UserInputError": "errors",
+    "count_macs": "models",
+    "count_parameters": "models",
+    "create_model": "models",
+    "get_model_info": "models",
+    "list_models": "models",
+    "register": "models",
+    "FRAME_COLUMNS": "record",
+    "QUANTITIES": "record",
+    "NonFiniteError": "record",
+    "Recorder": "record",
+    "record": "record",
+    "to_wide": "record",
+    "SpectrumResult": "spectra",
+    "block_spectra": "spectra",
+    "calibrated_copy": "spectra",
+    "cumulative_singular_values": "spectra",
+    "frobenius_norm": "spectra",
+    "singular_values": "spectra",
+    "spectral_density": "spectra",
+    "summarize_spectra": "spectra",
+    "ModelState": "state",
+    "preserved_buffers": "state",
+    "preserved_rng": "state",
+    "TrainConfig": "configs",
+    "TrainResult": "train",  # train() stays gradflow.train.train
+}
+_SUBMODULES = ("testing", "summaries")
+
+
+def __getattr__(name: str) -> object:
+    """``gradflow.NAME`` from the module that defines it, imported on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """gradflow itself: ``gradflow.analyze`` and ``gradflow.record`` stay the functions.
+
+    Importing a submodule sets the package attribute of its name to the module; for the two
+    submodules named like the function they define, the function keeps the name (as the
+    eager imports of earlier versions did), and the module stays in ``sys.modules``.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_SHADOWED = ("analyze", "record")
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "DATASETS",
@@ -66,6 +117,7 @@ __all__ = [
     "register",
     "singular_values",
     "spectral_density",
+    "summaries",
     "summarize_spectra",
     "testing",
     "to_wide",

@@ -1,12 +1,13 @@
-"""One analysis run: models + a probe batch -> records and spectra -> summary and report.
+"""One analysis run: models + a measurement batch -> records and spectra -> summary and report.
 
-``analyze(["plain56", "resnet56"])`` is what ``gradflow analyze`` runs. For each model it
-measures, at initialisation (and after ``steps`` training iterations, or from a checkpoint):
+``analyze(["plain56", "resnet56"])`` is what ``gradflow analyze`` runs (``gradflow.pipeline``
+adds the training for ``--steps``; this module does not import the trainer). For each model,
+as it is given (or built from its name, or loaded from a checkpoint), it measures:
 
 - the Recorder's frame on one batch (response std per 3x3 layer, activation-gradient norm
   at every block boundary, parameter-gradient and weight norms);
-- the block and cumulative Jacobian spectra on a few probe samples (eval-mode BN with
-  running statistics calibrated on the probe batch in a copy of the model);
+- the block and cumulative Jacobian spectra on a few samples of the batch (eval-mode BN with
+  running statistics calibrated on the measurement batch in a copy of the model);
 
 and condenses them into one summary row per model and a plain-language verdict.
 """
@@ -16,57 +17,31 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import io as gio
-from .errors import UserInputError
+from .checkpoint import load_weights
+from .configs import AnalysisConfig
+from .data import ImageDataset
+from .errors import ParameterError, UserInputError
+from .models.build import build_model
+from .provenance import data_meta, run_meta
+from .summaries import SUMMARY_COLUMNS, spectra_summary_by_step, summary_table
 
-SUMMARY_COLUMNS = [
-    "model",
-    "step",
-    "blocks",
-    "grad_log10_ratio",
-    "response_std_min",
-    "response_std_max",
-    "prod_depth",
-    "prod_largest",
-    "prod_rms",
-    "prod_smallest",
-    "prod_log10_condition",
-    "prod_bottom_converged",
-]
+__all__ = ["SUMMARY_COLUMNS", "AnalysisConfig", "AnalysisResult", "analyze", "check_out"]
+
 # A smallest singular value below this fraction of the largest counts as zero (rank-deficient).
 RANK_DEFICIENT = 1e-6
-
-
-@dataclass
-class AnalysisConfig:
-    """Everything that determines an analysis run (also written to meta.json)."""
-
-    models: list[str]
-    data: str = "synthetic"
-    data_dir: str | None = None
-    batch_size: int = 128
-    samples: int = 2
-    k: int = 8
-    depths: str = "auto"
-    seed: int = 0
-    device: str = "cpu"
-    init: str | None = None
-    steps: int = 0
-    checkpoint: str | None = None
-    progress: bool = True
-    threads: int = 1
 
 
 @dataclass
@@ -174,113 +149,48 @@ def _spectrum_sentence(row: dict) -> str:
 
 
 def summarize(records: pd.DataFrame, spectra_summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, step): the numbers that say whether gradient flows and why."""
-    rows = []
-    for (model, step), part in records.groupby(["model", "step"], sort=False):
-        grads = part[part["quantity"] == "activation_grad_norm"].sort_values("depth")
-        responses = part[part["quantity"] == "response_std"]["value"]
-        ratio = float("nan")
-        if len(grads) >= 2:
-            first, last = grads["value"].iloc[0], grads["value"].iloc[-1]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = float(np.log10(first / last))
-        row = {
-            "model": model,
-            "step": int(step),
-            "blocks": int(grads["depth"].max()) if len(grads) else 0,
-            "grad_log10_ratio": ratio,
-            "response_std_min": float(responses.min()) if len(responses) else float("nan"),
-            "response_std_max": float(responses.max()) if len(responses) else float("nan"),
-        }
-        row.update(_full_depth_spectrum(spectra_summary, model, step))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
-def _full_depth_spectrum(spectra_summary: pd.DataFrame, model: str, step: int) -> dict:
-    """prod J at the deepest analysed depth, geometric means over the probe samples."""
-    empty = dict.fromkeys(SUMMARY_COLUMNS[6:], np.nan)
-    if spectra_summary.empty:
-        return empty
-    part = spectra_summary[
-        (spectra_summary["model"] == model)
-        & (spectra_summary["operator"] == "prod")
-        & (spectra_summary["step"] == step)
-    ]
-    if part.empty:
-        return empty
-    depth = int(part["depth"].max())
-    last = part[part["depth"] == depth]
-    largest = _geomean(last["largest"])
-    smallest = _geomean(last["smallest"])
-    return {
-        "prod_depth": depth,
-        "prod_largest": largest,
-        "prod_rms": float(np.sqrt(last["mean_sq_estimate"].mean())),
-        "prod_smallest": smallest,
-        "prod_log10_condition": float(np.log10(largest / smallest)) if smallest > 0 else np.inf,
-        "prod_bottom_converged": bool((last["has_bottom"] & last["converged"]).all()),
-    }
-
-
-def _geomean(values: pd.Series) -> float:
-    positive = values[values > 0]
-    if len(positive) < len(values):
-        return 0.0
-    return float(np.exp(np.log(positive).mean()))
+    """One row per (model, step): ``gradflow.summaries.summary_table`` (kept under this name)."""
+    return summary_table(records, spectra_summary)
 
 
 # ------------------------------------------------------------------------------ running
 
+ModelsArg = str | nn.Module | Mapping[str, nn.Module] | Sequence[str | nn.Module | tuple]
 
-def build_model(
-    name: str, dataset, init: str | None, device: torch.device, seed: int = 0
-) -> nn.Module:
-    """Create ``name`` for the data set's channels and classes (zoo, torchvision or file).
 
-    The weights are drawn after ``torch.manual_seed(seed)``, as ``gradflow train`` does, so
-    the same seed gives the same initial model here and in a training run.
+def labelled_models(models: ModelsArg) -> list[tuple[str, str | nn.Module]]:
+    """(label, registry name or module) pairs from what ``analyze`` accepts.
+
+    A name is its own label; a module without one is labelled by its class name (with
+    ``-2``, ``-3``... when the same class comes twice); a dict maps labels to modules.
     """
-    from .models import create_model
-
-    options = {"num_classes": dataset.num_classes, "in_channels": dataset.channels}
-    if init:
-        options["init"] = init
-    if ":" in name:
-        if name.startswith("torchvision:"):
-            options.pop("in_channels")
+    if isinstance(models, (str, nn.Module)):
+        models = [models]
+    items = list(models.items()) if isinstance(models, Mapping) else list(models)
+    pairs, seen = [], set()
+    for item in items:
+        if isinstance(item, tuple):
+            label, model = item
+        elif isinstance(item, str):
+            label, model = item, item
+        elif isinstance(item, nn.Module):
+            label, model = type(item).__name__, item
         else:
-            from .models.external import accepted_options
-
-            options = accepted_options(name, options)
-    torch.manual_seed(seed)
-    return create_model(name, **options).to(device)
-
-
-def load_checkpoint(model: nn.Module, path: str | Path, name: str) -> None:
-    """Load a state dict (raw, or under "model" as gradflow train writes it) into ``model``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserInputError(f"checkpoint {path} could not be read ({err})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise UserInputError(f"checkpoint {path} holds no state dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).split("\n")[1:3]
-        raise UserInputError(
-            f"checkpoint {path} does not match model {name}: " + " ".join(s.strip() for s in first)
-        ) from None
+            raise UserInputError(
+                f"models: expected registry names, nn.Module objects or (label, module) "
+                f"pairs, got {type(item).__name__}"
+            )
+        base, n = label, 1
+        while label in seen:
+            n += 1
+            label = f"{base}-{n}"
+        seen.add(label)
+        pairs.append((label, model))
+    return pairs
 
 
 def analyze(
-    models: list[str] | str,
+    models: ModelsArg,
     *,
     data: str = "synthetic",
     data_dir: str | None = None,
@@ -291,12 +201,18 @@ def analyze(
     seed: int = 0,
     device: str = "cpu",
     init: str | None = None,
-    steps: int = 0,
     checkpoint: str | None = None,
+    step: int = 0,
     progress: bool = True,
     threads: int = 1,
 ) -> AnalysisResult:
-    """Measure gradient flow through each model at init (and after training) on one batch.
+    """Measure gradient flow through each model as it is now, on one measurement batch.
+
+    ``models``: registry names (built for the data set's channels and classes with
+    ``build_model``, seeded with ``seed``), ``nn.Module`` objects (analysed as given, never
+    changed; labelled by class name), (label, module) pairs or a dict label -> module.
+    ``checkpoint`` loads weights into the one named model; ``step`` is the training step
+    written into the frames (``gradflow.pipeline`` analyses at init and after training).
 
     ``threads``: torch intra-op threads during the run (restored afterwards; 0 keeps the
     current setting). One thread is the default: the spectra are many small batched
@@ -304,8 +220,9 @@ def analyze(
     the cores (measured: 23 s for plain56 + resnet56 with 1 thread against 77-240 s with 2
     on a loaded 2-core machine), and the bits written do not depend on the core count.
     """
+    pairs = labelled_models(models)
     config = AnalysisConfig(
-        [models] if isinstance(models, str) else list(models),
+        [label for label, _ in pairs],
         data=data,
         data_dir=data_dir,
         batch_size=batch_size,
@@ -315,166 +232,151 @@ def analyze(
         seed=seed,
         device=device,
         init=init,
-        steps=steps,
         checkpoint=checkpoint,
         progress=progress,
         threads=threads,
     )
-    if threads < 0:
-        raise UserInputError(f"threads must be >= 0 (0: keep torch's setting), got {threads}")
+    config.validate()
+    if checkpoint and not isinstance(pairs[0][1], str):
+        raise UserInputError("checkpoint applies to a registry name, not to an nn.Module")
+    with torch_threads(threads):
+        return _run(config, pairs, step)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside (0: unchanged), then restored."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(config)
+        yield
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(config: AnalysisConfig) -> AnalysisResult:
-    from tqdm.auto import tqdm
-
+def measurement_batch(
+    config: AnalysisConfig, device: torch.device
+) -> tuple[ImageDataset, Tensor, Tensor]:
+    """The data set and the seeded, class-balanced batch every model is measured on."""
     from .data import load_dataset
-    from .record import record
-    from .spectra import block_spectra, summarize_spectra
 
-    if not config.models:
-        raise UserInputError("no model given: name at least one, e.g. --model resnet56")
-    if config.checkpoint and len(config.models) != 1:
-        raise UserInputError("--checkpoint applies to one model: pass exactly one --model")
-    if config.samples < 1 or config.k < 1 or config.batch_size < 2:
-        raise UserInputError("--samples and --k must be >= 1 and --batch-size >= 2")
-    device = _device(config.device)
-    started = time.time()
-    # the synthetic set is generated in code: 2,000 images are plenty for a probe batch
+    # the synthetic set is generated in code: 2,000 images are plenty for a measurement batch
     sized = {"size": 2000} if config.data == "synthetic" else {}
     dataset = load_dataset(config.data, data_dir=config.data_dir, **sized)
     x, y = dataset.batch(config.batch_size, seed=config.seed)
-    x, y = x.to(device), y.to(device)
-    rng_state = torch.random.get_rng_state()
-    models = {
-        name: build_model(name, dataset, config.init, device, config.seed) for name in config.models
-    }
-    phases = ["record", "spectra"] + (["train", "record", "spectra"] if config.steps else [])
-    bar = tqdm(
-        total=len(models) * len(phases),
+    return dataset, x.to(device), y.to(device)
+
+
+def _model(
+    model: str | nn.Module, config: AnalysisConfig, dataset: ImageDataset, device: torch.device
+) -> nn.Module:
+    """A module as given, or a registry name built for the data set (and its checkpoint)."""
+    if isinstance(model, nn.Module):
+        return model
+    options = {"num_classes": dataset.num_classes, "in_channels": dataset.channels}
+    built = build_model(
+        model, options={**options, "init": config.init}, seed=config.seed, device=device
+    )
+    if config.checkpoint:
+        load_weights(built, config.checkpoint, model)
+    return built
+
+
+def _progress_bar(config: AnalysisConfig, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
         disable=not (config.progress and sys.stderr.isatty()),
         desc="analyze",
         unit="phase",
         file=sys.stderr,
     )
-    records, spectra, timings = [], [], []
+
+
+def _measure(
+    phase: str, model: nn.Module, label: str, x: Tensor, y: Tensor, config: AnalysisConfig
+) -> pd.DataFrame:
+    """One phase on one model: the Recorder's frame ("record") or the spectra ("spectra")."""
+    if phase == "record":
+        from .record import record
+
+        return record(model, x, y, label=label)
+    from .spectra import block_spectra
+
+    torch.manual_seed(config.seed)
+    return block_spectra(
+        model,
+        x,
+        k=config.k,
+        depths=parse_depths(config.depths),
+        samples=config.samples,
+        model_name=label,
+        seed=config.seed,
+    )
+
+
+def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step: int):
+    """Build the models, measure each (record, spectra), summarise; global RNG restored."""
+    device = parse_device(config.device)
+    started = time.time()
+    dataset, x, y = measurement_batch(config, device)
+    rng_state = torch.random.get_rng_state()
+    frames: dict[str, list[pd.DataFrame]] = {"record": [], "spectra": []}
+    timings = []
     try:
-        for name, model in models.items():
-            if config.checkpoint:
-                load_checkpoint(model, config.checkpoint, name)
-            step = 0
-            for phase in phases:
-                bar.set_postfix_str(f"{name}: {phase}")
-                phase_started = time.perf_counter()
-                if phase == "record":
-                    frame = record(model, x, y, label=name)
-                    records.append(frame.assign(step=step))
-                elif phase == "spectra":
-                    torch.manual_seed(config.seed)
-                    frame = block_spectra(
-                        model,
-                        x,
-                        k=config.k,
-                        depths=_depths(config.depths),
-                        samples=config.samples,
-                        model_name=name,
-                        seed=config.seed,
+        models = {label: _model(model, config, dataset, device) for label, model in pairs}
+        bar = _progress_bar(config, len(models) * len(frames))
+        with bar:
+            for label, model in models.items():
+                for phase, collected in frames.items():
+                    bar.set_postfix_str(f"{label}: {phase}")
+                    phase_started = time.perf_counter()
+                    collected.append(_measure(phase, model, label, x, y, config).assign(step=step))
+                    seconds = round(time.perf_counter() - phase_started, 2)
+                    timings.append(
+                        {"model": label, "step": step, "phase": phase, "seconds": seconds}
                     )
-                    spectra.append(frame.assign(step=step))
-                else:
-                    model = _trained(name, config, device)
-                    step = config.steps
-                seconds = round(time.perf_counter() - phase_started, 2)
-                timings.append({"model": name, "step": step, "phase": phase, "seconds": seconds})
-                bar.update()
+                    bar.update()
     finally:
-        bar.close()
         torch.random.set_rng_state(rng_state)
-    records_frame = pd.concat(records, ignore_index=True)
-    spectra_frame = pd.concat(spectra, ignore_index=True)
-    spectra_summary = pd.concat(
-        [summarize_spectra(part).assign(step=step) for step, part in spectra_frame.groupby("step")],
-        ignore_index=True,
-    )
-    summary = summarize(records_frame, spectra_summary)
-    meta = _meta(config, dataset, time.time() - started)
+    records = pd.concat(frames["record"], ignore_index=True)
+    spectra = pd.concat(frames["spectra"], ignore_index=True)
+    spectra_summary = spectra_summary_by_step(spectra)
+    summary = summary_table(records, spectra_summary)
+    meta = analysis_meta(config, dataset, time.time() - started)
     meta["phase_seconds"] = timings
-    return AnalysisResult(records_frame, spectra_frame, spectra_summary, summary, meta)
+    return AnalysisResult(records, spectra, spectra_summary, summary, meta)
 
 
-def _trained(name: str, config: AnalysisConfig, device: torch.device) -> nn.Module:
-    """``name`` after ``config.steps`` iterations of the paper's recipe (gradflow.train).
-
-    The trainer draws the initial weights with the same seed as ``build_model``, so the
-    analysis at step 0 and at step N follow one run. The lr schedule spans the N steps.
-    """
-    from .train import TrainConfig, train
-
-    result = train(
-        TrainConfig(
-            model=name,
-            init=config.init,
-            data=config.data,
-            data_dir=config.data_dir,
-            iterations=config.steps,
-            batch_size=config.batch_size,
-            eval_every=config.steps,
-            record_every=0,
-            checkpoint_every=0,
-            seed=config.seed,
-            device=str(device),
-            progress=False,
-        )
-    )
-    return result.model
-
-
-def _depths(depths: str) -> str | list[int]:
+def parse_depths(depths: str) -> str | list[int]:
     """--depths: "auto", "all" or a comma list of 1-based block numbers."""
     if depths in ("auto", "all"):
         return depths
     try:
         return [int(d) for d in depths.split(",") if d.strip()]
     except ValueError:
-        raise UserInputError(
-            f"--depths {depths!r}: use auto, all or block numbers like 1,9,18,27"
+        raise ParameterError(
+            "depths", f"depths {depths!r}: use auto, all or block numbers like 1,9,18,27"
         ) from None
 
 
-def _device(name: str) -> torch.device:
+def parse_device(name: str) -> torch.device:
+    """A torch device that exists here, else a UserInputError saying what to use."""
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserInputError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+        raise ParameterError(
+            "device", f"device {name!r} is unknown: use cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda asked for, but no CUDA device is available here")
+        raise ParameterError(
+            "device", "device cuda asked for, but no CUDA device is available here"
+        )
     return device
 
 
-def _meta(config: AnalysisConfig, dataset, wall_time: float) -> dict:
-    import gradflow
-
-    return {
-        "config": asdict(config),
-        "command": " ".join(sys.argv),
-        "data": {
-            "name": dataset.name,
-            "description": dataset.description,
-            "synthetic": bool(dataset.is_synthetic),
-        },
-        "wall_time_s": round(wall_time, 2),
-        "versions": {
-            "gradflow": gradflow.__version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-            "python": platform.python_version(),
-        },
-        "threads": torch.get_num_threads(),
-    }
+def analysis_meta(config: AnalysisConfig, dataset: ImageDataset, wall_time: float) -> dict:
+    """meta.json of an analysis: the run-metadata schema of ``gradflow.provenance``."""
+    return run_meta(asdict(config), data_meta(dataset), wall_time, threads=torch.get_num_threads())

@@ -1,4 +1,9 @@
-"""Training checkpoints: atomic writes, safe loads (tensors and plain Python only)."""
+"""Checkpoints: atomic writes, and the one safe loader (``weights_only=True``) of every reader.
+
+``load_checkpoint`` reads a training checkpoint (``gradflow train``'s checkpoint.pt);
+``load_weights`` puts the weights of any checkpoint (a raw state dict, or one under
+"model" as ``gradflow train`` writes checkpoint.pt and final.pt) into a model.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 
 from .errors import UserInputError
 from .io import atomic_path
@@ -33,12 +39,42 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by ``save_checkpoint`` (tensors and plain Python only)."""
+def _load(path: Path) -> object:
+    """``torch.load`` with tensors and plain Python only: a checkpoint never runs code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a corrupt or foreign file
         raise UserInputError(f"cannot load checkpoint {path}: {err}") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by ``save_checkpoint`` (tensors and plain Python only)."""
+    state = _load(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserInputError(f"{path} is not a gradflow training checkpoint")
     return state
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """The model state dict in ``path``: a raw state dict, or the one under "model"."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"checkpoint {path} does not exist")
+    state = _load(path)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise UserInputError(f"checkpoint {path} holds no state dict")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path, name: str) -> nn.Module:
+    """Load the weights in ``path`` into ``model`` (called ``name`` in the error message)."""
+    try:
+        model.load_state_dict(load_state_dict(path))
+    except RuntimeError as err:
+        first = str(err).split("\n")[1:3]
+        raise UserInputError(
+            f"checkpoint {path} does not match model {name}: " + " ".join(s.strip() for s in first)
+        ) from None
+    return model

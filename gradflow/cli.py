@@ -11,7 +11,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import UserInputError
+from .configs import AnalysisConfig
+from .errors import UserInputError, cli_message
+from .options import add_command, from_args
 from .train_cli import add_train_parser
 
 EXIT_USER_ERROR = 2
@@ -88,27 +90,15 @@ def _default_out(models: Sequence[str]) -> Path:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """Run the analysis, print the summary, write the report folder."""
-    from .analyze import analyze, check_out
+    """Run the analysis (training first for --steps), print the summary, write the report."""
+    from .analyze import check_out
+    from .pipeline import run_analysis
 
-    out = Path(args.out) if args.out else _default_out(args.model)
+    config = from_args(AnalysisConfig, args)
+    config.validate()  # before the work, as the output folder check
+    out = Path(args.out) if args.out else _default_out(config.models)
     check_out(out, overwrite=args.force)  # before the work, not only when saving
-    result = analyze(
-        args.model,
-        data=args.data,
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        samples=args.samples,
-        k=args.k,
-        depths=args.depths,
-        seed=args.seed,
-        device=args.device,
-        init=args.init,
-        steps=args.steps,
-        checkpoint=args.checkpoint,
-        progress=not args.quiet,
-        threads=args.threads,
-    )
+    result = run_analysis(config)
     result.save(out, overwrite=args.force)
     print(result.summary_text())
     print(f"\nreport: {out / 'report.html'}   data: {out / 'data'}")
@@ -116,8 +106,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = add_command(
+        sub,
         "analyze",
+        AnalysisConfig,
+        cmd_analyze,
         help="measure gradient flow through models; write a report",
         description=(
             "Measure, for each model at initialisation (and after --steps of training or "
@@ -133,68 +126,13 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
             "  gradflow analyze --model resnet20 --data fashion-mnist --steps 200\n"
             "  gradflow analyze --model my_net.py:build --model torchvision:resnet18"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model",
-        action="append",
-        required=True,
-        metavar="NAME",
-        help="a registry name (gradflow models), torchvision:NAME or path/to/file.py:factory; "
-        "repeat to compare models",
-    )
-    parser.add_argument(
-        "--data",
-        default="synthetic",
-        choices=["synthetic", "fashion-mnist", "cifar10"],
-        help="probe data (default: synthetic, generated in code; 1-channel data sets build "
-        "models with in_channels=1)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        help="folder of the data set files (default for fashion-mnist: "
-        "/usr/share/datasets/fashion-mnist, from the Debian package dataset-fashion-mnist)",
-    )
-    parser.add_argument("--batch-size", type=int, default=128, help="probe batch size (128)")
-    parser.add_argument(
-        "--samples", type=int, default=2, help="probe samples for the Jacobian spectra (2)"
-    )
-    parser.add_argument(
-        "--k", type=int, default=8, help="largest and smallest singular values per operator (8)"
-    )
-    parser.add_argument(
-        "--depths",
-        default="auto",
-        help="depths of the cumulative spectra: auto, all, or a comma list like 1,9,18,27",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the probe batch (0)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument(
-        "--init", help="initialisation for registry models: he, zero_gamma, skipinit, fixup"
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=0,
-        help="train this many iterations with the paper's SGD recipe first; analyse at "
-        "init and after (default 0: init only)",
-    )
-    parser.add_argument("--checkpoint", help="analyse a trained model from this checkpoint")
     parser.add_argument(
         "--out", help="report folder (default: a new gradflow-report-<models> folder here)"
     )
     parser.add_argument(
         "--force", action="store_true", help="replace --out if it exists and is not empty"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (default 1: robust on a busy machine and the same bits on "
-        "any core count; 0 keeps torch's default)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(run=cmd_analyze)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -251,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except UserInputError as err:
-        print(f"gradflow {args.command}: error: {err}", file=sys.stderr)
+        message = cli_message(err, getattr(args, "flags", {}))
+        print(f"gradflow {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"gradflow {args.command}: interrupted", file=sys.stderr)

@@ -14,7 +14,11 @@ import pytest
 import torch
 
 import gradflow as gf
+from gradflow.configs import AnalysisConfig
+from gradflow.models.build import build_model
+from gradflow.pipeline import run_analysis
 from gradflow.record import FRAME_COLUMNS
+from gradflow.testing import assert_unchanged
 
 TINY = ["--batch-size", "16", "--samples", "1", "--k", "2", "--depths", "1,9", "--quiet"]
 
@@ -224,9 +228,10 @@ def test_device_that_is_not_there():
 
 def test_api_analyses_at_init_and_after_steps_and_restores_global_state():
     threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
-    result = gf.analyze(
-        "resnet8", batch_size=8, samples=1, k=2, depths="1,3", steps=3, progress=False, threads=1
+    config = AnalysisConfig(
+        ["resnet8"], batch_size=8, samples=1, k=2, depths="1,3", steps=3, progress=False, threads=1
     )
+    result = run_analysis(config)
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert list(result.summary["step"]) == [0, 3]
@@ -240,3 +245,25 @@ def test_api_analyses_at_init_and_after_steps_and_restores_global_state():
     assert not np.allclose(before["value"], after["value"])  # it did train in between
     assert [line.split(":")[0] for line in result.verdicts()] == ["resnet8", "resnet8 (step 3)"]
     assert {p["phase"] for p in result.meta["phase_seconds"]} == {"record", "spectra", "train"}
+
+
+def test_api_takes_modules_with_labels_and_leaves_them_unchanged():
+    # the weights analyze builds for the name: build_model with seed 0 for the synthetic set
+    model = build_model("resnet8", options={"num_classes": 10, "in_channels": 3}, seed=0)
+    options = dict(batch_size=8, samples=1, k=2, depths="1,3", progress=False)
+    with assert_unchanged(model):
+        result = gf.analyze([("mine", model), "resnet8"], **options)
+    assert list(result.summary["model"]) == ["mine", "resnet8"]
+    mine, named = (result.summary.iloc[[i]].drop(columns="model") for i in (0, 1))
+    pd.testing.assert_frame_equal(
+        mine.reset_index(drop=True), named.reset_index(drop=True), check_exact=True
+    )
+    twice = gf.analyze({"a": model, "b": model}, **options)
+    assert list(twice.summary["model"]) == ["a", "b"]
+    assert list(gf.analyze([model], **options).summary["model"]) == ["ResNet"]
+
+
+def test_analysis_does_not_import_the_trainer():
+    code = "import sys, gradflow.analyze; print('gradflow.train' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

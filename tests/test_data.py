@@ -251,15 +251,15 @@ def test_synthetic_shapes_and_test_split_uses_training_statistics():
     assert float(train.images.mean()) == pytest.approx(0.0, abs=STAT_TOL)
 
 
-# ----- probe batches and splits ---------------------------------------------------------------
-def test_probe_batch_is_seeded_and_class_balanced():
+# ----- measurement batches and splits -------------------------------------------------------
+def test_measurement_batch_is_seeded_and_class_balanced():
     data = load_dataset("synthetic", size=200, image_size=8)
     x, y = data.batch(25, seed=3)
     x2, y2 = data.batch(25, seed=3)
     _, y3 = data.batch(25, seed=4)
     assert torch.equal(x, x2) and torch.equal(y, y2) and not torch.equal(y, y3)
     assert sorted(torch.bincount(y, minlength=10).tolist()) == [2] * 5 + [3] * 5
-    with pytest.raises(UserInputError, match="probe batch size"):
+    with pytest.raises(UserInputError, match="batch size must be"):
         data.batch(201, seed=0)
 
 

@@ -72,7 +72,7 @@ def test_train_logs_tidy_history_and_recorder_frames():
     assert sorted(records.step.unique()) == [0, 5, 10]  # the iterations it ran on
     assert {"response_std", "param_grad_norm", "update_ratio"} <= set(records.quantity)
     assert (records.model == "resnet8").all()
-    assert result.meta["dataset"]["is_synthetic"] and result.meta["dataset"]["val_images"] == 16
+    assert result.meta["data"]["synthetic"] and result.meta["data"]["val_images"] == 16
 
 
 def test_warmup_holds_the_low_lr_until_the_error_threshold_or_the_budget():
@@ -109,7 +109,7 @@ def test_cli_writes_every_output_and_refuses_to_overwrite(tmp_path, capsys):
         "records.parquet",
     }
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["dataset"]["description"].startswith("synthetic") and meta["world_size"] == 1
+    assert meta["data"]["description"].startswith("synthetic") and meta["world_size"] == 1
     history = pd.read_parquet(out / "history.parquet")
     pd.testing.assert_frame_equal(history, pd.read_csv(out / "history.csv"), check_exact=False)
     assert main([*args, "--out", str(out)]) == 2  # a run is there already
@@ -202,3 +202,12 @@ def test_checkpoint_holds_what_exact_resume_needs(tmp_path):
     with pytest.raises(UserInputError, match="not a gradflow training checkpoint"):
         torch.save({"weights": 1}, tmp_path / "checkpoint.pt")
         train(TrainConfig(**{**vars(config), "resume": True}))
+
+
+def test_cli_prints_the_final_errors_and_the_data(capsys):
+    args = [a for a in TINY_ARGS if a != "--quiet"]
+    assert (
+        main(["train", *args, "--iterations", "2", "--eval-every", "2", "--record-every", "0"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "resnet8 after 2 iterations: error" in out and "data: synthetic" in out

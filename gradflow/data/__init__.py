@@ -9,39 +9,21 @@ Fashion-MNIST images are 1 x 28 x 28; ``pad_to=32`` zero-pads them (black, the b
 colour) to 32 x 32 before the statistics are computed, so CIFAR nets see the paper's map
 sizes 32/16/8. Missing or corrupt files raise ``UserInputError`` saying what was expected
 where.
+
+Light on import: the names below load ``datasets`` (and torch) on first use, so that the
+command line can list the data sets in ``--help`` without importing torch.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
-from ..errors import UserInputError
-from .augment import BatchLoader, pad_crop_flip, seeded_generator
-from .formats import (
-    CIFAR_FOLDER,
-    FASHION_MNIST_DIR,
-    download_cifar10,
-    read_cifar_split,
-    read_idx_split,
-)
-from .synthetic import DEFAULT_SIZES, synthetic_images
+import importlib
 
 DATASETS = ("synthetic", "fashion-mnist", "cifar10")
-SPLITS = ("train", "test")
-CIFAR10_DIR = Path(os.environ.get("GRADFLOW_CIFAR10", "~/.cache/gradflow/cifar10")).expanduser()
-DESCRIPTIONS = {
-    "synthetic": "synthetic class-structured images generated in code (not real data)",
-    "fashion-mnist": "Fashion-MNIST (Xiao et al. 2017), real 28x28 grey images of clothing",
-    "cifar10": "CIFAR-10 (Krizhevsky 2009), real 32x32 colour images",
+_LAZY = {
+    "BatchLoader": "augment",
+    "pad_crop_flip": "augment",
+    "seeded_generator": "augment",
 }
-
 __all__ = [
     "DATASETS",
     "BatchLoader",
@@ -53,225 +35,12 @@ __all__ = [
 ]
 
 
-@dataclass(eq=False)
-class ImageDataset:
-    """Images with labels; ``images`` = (raw / 255 - mean) / std per channel, float32."""
-
-    raw: Tensor  # uint8 N x C x H x W
-    labels: Tensor  # int64 N
-    num_classes: int
-    name: str
-    split: str
-    mean: tuple[float, ...]  # per channel, of the training split, on the [0, 1] scale
-    std: tuple[float, ...]
-    description: str = ""
-    is_synthetic: bool = False
-    _images: Tensor | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def channels(self) -> int:
-        return self.raw.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.raw.shape[2]
-
-    @property
-    def images(self) -> Tensor:
-        """All images, normalised (computed once, on first use)."""
-        if self._images is None:
-            self._images = self.normalise(self.raw)
-        return self._images
-
-    def normalise(self, raw: Tensor) -> Tensor:
-        """(raw / 255 - mean) / std per channel, as float32."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return ((raw.float() / 255 - mean) / std).contiguous()
-
-    def take(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """Normalised images and labels at ``indices`` (normalises only those)."""
-        if self._images is not None:
-            return self._images[indices], self.labels[indices]
-        return self.normalise(self.raw[indices]), self.labels[indices]
-
-    def subset(self, indices: Tensor, split: str | None = None) -> ImageDataset:
-        """The images at ``indices``, keeping this dataset's normalisation statistics."""
-        return replace(
-            self,
-            raw=self.raw[indices],
-            labels=self.labels[indices],
-            split=split or self.split,
-            _images=None,
-        )
-
-    def batch(self, batch_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """A seeded probe batch, class-balanced: classes take turns in a seeded random order.
-
-        Sample i of the batch is the (i // K)-th randomly chosen image of the (i mod K)-th
-        class present, so every class has floor or ceil of batch_size / K images.
-        """
-        if not 1 <= batch_size <= len(self):
-            raise UserInputError(f"probe batch size must be 1..{len(self)}, got {batch_size}")
-        generator = seeded_generator(seed, 7)
-        order = torch.randperm(len(self), generator=generator)
-        class_turn = torch.argsort(torch.randperm(self.num_classes, generator=generator))
-        labels = self.labels[order]
-        by_class = torch.sort(labels, stable=True).indices  # permuted order, grouped by class
-        counts = torch.bincount(labels, minlength=self.num_classes)
-        starts = torch.cumsum(counts, 0) - counts
-        rank_in_class = torch.empty_like(labels)
-        rank_in_class[by_class] = torch.arange(len(labels)) - starts[labels[by_class]]
-        turn = torch.sort(
-            rank_in_class * self.num_classes + class_turn[labels], stable=True
-        ).indices
-        chosen = order[turn[:batch_size]]
-        return self.take(chosen)
-
-
-def train_val_split(
-    dataset: ImageDataset, val_size: int, seed: int = 0
-) -> tuple[ImageDataset, ImageDataset]:
-    """Split a training set into (train, validation) of ``val_size`` images, seeded (45k/5k-style).
-
-    Both parts keep the full training split's normalisation statistics.
-    """
-    if not 0 < val_size < len(dataset):
-        raise UserInputError(f"validation size must be 1..{len(dataset) - 1}, got {val_size}")
-    order = torch.randperm(len(dataset), generator=seeded_generator(seed, 11))
-    return (
-        dataset.subset(order[val_size:].sort().values, "train"),
-        dataset.subset(order[:val_size].sort().values, "val"),
-    )
-
-
-def default_data_dir(name: str) -> Path | None:
-    """Where a dataset is looked for when no ``data_dir`` is given."""
-    return {"fashion-mnist": FASHION_MNIST_DIR, "cifar10": CIFAR10_DIR}.get(name)
-
-
-def _pad(raw: Tensor, pad_to: int | None) -> Tensor:
-    if pad_to is None or pad_to == raw.shape[-1]:
-        return raw
-    extra = pad_to - raw.shape[-1]
-    if extra < 0 or raw.shape[-1] != raw.shape[-2]:
-        raise UserInputError(f"cannot pad {tuple(raw.shape[-2:])} images to {pad_to}x{pad_to}")
-    before = extra // 2
-    return F.pad(raw, (before, extra - before, before, extra - before))
-
-
-def _file_key(directory: Path) -> tuple:
-    """Identity of the files a loader may read (names, sizes, mtimes), for the stats cache.
-
-    Only the directory and the sub-folders the loaders look into, never a recursive walk
-    (a user may point --data-dir at a large tree)."""
-    entries = []
-    for folder in (directory, directory / CIFAR_FOLDER, directory / "FashionMNIST" / "raw"):
-        try:
-            entries += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()]
-        except OSError:
-            continue
-    return tuple(sorted(entries))
-
-
-def _read_raw(
-    name: str, directory: Path | None, split: str, options: tuple
-) -> tuple[Tensor, Tensor]:
-    if name == "synthetic":
-        kwargs = dict(options)
-        size = kwargs.pop("size", None) or DEFAULT_SIZES[split]
-        return synthetic_images(size, split=split, **kwargs)
-    assert directory is not None
-    if name == "fashion-mnist":
-        return read_idx_split(directory, split)
-    return read_cifar_split(directory, split)
-
-
-@functools.lru_cache(maxsize=16)
-def _train_statistics(
-    name, directory, pad_to, options, _key
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    raw, _ = _read_raw(name, directory, "train", options)
-    return _statistics(_pad(raw, pad_to))
-
-
-def _statistics(raw: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 pixels on the [0, 1] scale."""
-    pixels = raw.transpose(0, 1).reshape(raw.shape[1], -1).double() / 255
-    mean = pixels.mean(dim=1)
-    std = pixels.std(dim=1, correction=0).clamp_min(1e-6)
-    return tuple(mean.tolist()), tuple(std.tolist())
-
-
-def load_dataset(
-    name: str,
-    *,
-    data_dir: str | Path | None = None,
-    split: str = "train",
-    pad_to: int | None = None,
-    download: bool = False,
-    size: int | None = None,
-    image_size: int = 32,
-    channels: int = 3,
-    num_classes: int = 10,
-    seed: int = 0,
-) -> ImageDataset:
-    """Load one split ("train" or "test") of a dataset as normalised tensors.
-
-    ``size``, ``image_size``, ``channels``, ``num_classes``, ``seed`` shape the synthetic set
-    (default 10,000 train / 2,000 test images, 3 x 32 x 32, 10 classes) and are ignored by
-    the real datasets. ``download`` fetches CIFAR-10 with torchvision when it is missing.
-    """
-    if name not in DATASETS:
-        raise UserInputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if split not in SPLITS:
-        raise UserInputError(
-            f"unknown split {split!r}; choose train or test (or use train_val_split)"
-        )
-    directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir(name)
-    options: tuple = ()
-    if name == "synthetic":
-        if size is not None and size < num_classes:
-            raise UserInputError(f"synthetic size {size} is smaller than {num_classes} classes")
-        options = (
-            ("image_size", image_size),
-            ("channels", channels),
-            ("num_classes", num_classes),
-            ("seed", seed),
-        )
-        train_options = options  # statistics come from the default-size training split
-        options += (("size", size),)
-    else:
-        train_options = options
-        if name == "cifar10" and download:
-            from .formats import cifar_folder
-
-            try:
-                cifar_folder(directory)
-            except UserInputError:
-                download_cifar10(directory)
-    raw, labels = _read_raw(name, directory, split, options)
-    raw = _pad(raw, pad_to)
-    key = () if name == "synthetic" or directory is None else _file_key(directory)
-    if (
-        split == "train"
-        and options[: len(train_options)] == train_options
-        and (name != "synthetic" or size is None)
-    ):
-        mean, std = _statistics(raw)  # this is the training split: no second read
-    else:
-        mean, std = _train_statistics(name, directory, pad_to, train_options, key)
-    return ImageDataset(
-        raw=raw,
-        labels=labels,
-        num_classes=10 if name != "synthetic" else num_classes,
-        name=name,
-        split=split,
-        mean=mean,
-        std=std,
-        description=DESCRIPTIONS[name] + (f", padded to {pad_to}x{pad_to}" if pad_to else ""),
-        is_synthetic=name == "synthetic",
-    )
+def __getattr__(name: str) -> object:
+    """``gradflow.data.NAME`` from the submodule that defines it, imported on first use."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    module = importlib.import_module(f"{__name__}.{_LAZY.get(name, 'datasets')}")
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

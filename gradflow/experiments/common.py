@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +22,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from gradflow.configs import DATA_DIR_HELP, dataset_names
 from gradflow.errors import UserInputError
+from gradflow.models.build import build_model
+from gradflow.options import add_options, option
+from gradflow.provenance import meta_wall_time
+from gradflow.summaries import gradient_log10_ratio
 from gradflow.train import TrainConfig, TrainResult
 
 from .reporting import (
@@ -29,7 +35,6 @@ from .reporting import (
     compare_rows,
     deepest_spectra,
     final_errors,
-    gradient_log10_ratio,
     histories,
     shown,
     write_report,
@@ -39,14 +44,14 @@ from .run_cache import DONE, RunFailed, cached_run, run_dir, run_key
 __all__ = [
     "DONE", "INITS", "SCALES", "STEP_SECONDS", "Experiment", "RunFailed", "Scale",
     "TrainConfig", "TrainResult", "cached_run", "compare", "compare_rows", "deepest_spectra",
-    "entry", "final_errors", "gradient_log10_ratio", "histories", "parse_args", "run_dir",
-    "run_key", "shown", "start",
+    "entry", "experiment_main", "final_errors", "gradient_log10_ratio", "histories",
+    "parse_args", "run_dir", "run_key", "shown", "start",
 ]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Scale:
-    """One preset: data, training budget, logging intervals, probe sizes, models per experiment."""
+    """One preset: data, training budget, logging intervals, measurement sizes, models."""
 
     name: str
     data: str
@@ -61,7 +66,7 @@ class Scale:
     val_size: int  # held-out training images (the paper: 5000 of CIFAR-10's 50000)
     warmup_iterations: int  # at most this many at lr 0.01 for the models in WARMUP_MODELS
     threads: int | None  # torch threads (None: torch's default)
-    probe_batch: int  # images for records and spectra of trained / initial models
+    measurement_batch: int  # images for records and spectra of trained / initial models
     spectra_samples: int
     spectra_k: int
     spectra_matvecs: int
@@ -103,7 +108,7 @@ STEP_SECONDS = {
 SMALL = Scale(
     name="small", data="fashion-mnist", image_size=32, synthetic_size=None, iterations=300,
     imagenet_iterations=1000, batch_size=128, evaluations=5, records=2, checkpoints=5,
-    val_size=0, warmup_iterations=100, threads=1, probe_batch=128, spectra_samples=2,
+    val_size=0, warmup_iterations=100, threads=1, measurement_batch=128, spectra_samples=2,
     spectra_k=8, spectra_matvecs=256, spectra_depths=6,
     models={
         **PAPER_MODELS,
@@ -117,7 +122,7 @@ SCALES = {
     "smoke": replace(
         SMALL, name="smoke", data="synthetic", image_size=8, synthetic_size=256, iterations=6,
         imagenet_iterations=6, batch_size=16, evaluations=2, checkpoints=1,
-        warmup_iterations=2, probe_batch=8, spectra_samples=1, spectra_k=2,
+        warmup_iterations=2, measurement_batch=8, spectra_samples=1, spectra_k=2,
         spectra_matvecs=24, spectra_depths=3,
         # ResNet-110 with 4 inits would take more than 15 s at smoke scale
         models={**SMALL.models,
@@ -133,6 +138,31 @@ SCALES = {
 
 
 # ----------------------------------------------------------------------------- arguments
+@dataclass
+class ExperimentOptions:
+    """The command line every experiment shares (flags from these fields' options)."""
+
+    scale: str = option(
+        "small",
+        choices=lambda: list(SCALES),
+        help="smoke: synthetic 8x8 images, seconds (tests); small: Fashion-MNIST 32x32 on a "
+        "2-core CPU, up to ~45 min; full: the paper's CIFAR-10 settings (GPU)",
+    )
+    out: str | None = option(
+        None,
+        help="report folder (default: reports/<experiment> at small scale, "
+        "runs/reports/<experiment>-<scale> otherwise)",
+    )
+    data: str | None = option(None, choices=dataset_names, help="data set (default: the scale's)")
+    data_dir: str | None = option(None, help=DATA_DIR_HELP)
+    cache: str = option(
+        "runs", help="run cache shared by the scripts (default: runs/ in the working directory)"
+    )
+    seed: int = option(0, help="seed of the initial weights, data order and measurement batch")
+    quiet: bool = option(False, help="no progress on stderr")
+    plan: bool = option(False, help="list the runs and the estimated time, then stop")
+
+
 def parse_args(script: str, description: str, argv: list[str] | None) -> argparse.Namespace:
     """The shared command line of ``script`` (its file path); ``--out`` defaults to
     reports/<script name> at small scale (the committed reports), else under runs/, both
@@ -141,44 +171,13 @@ def parse_args(script: str, description: str, argv: list[str] | None) -> argpars
     parser = argparse.ArgumentParser(
         prog=f"gradflow reproduce {experiment}", description=description
     )
-    parser.add_argument(
-        "--scale",
-        choices=list(SCALES),
-        default="small",
-        help="smoke: synthetic 8x8 images, seconds (tests); small (default): Fashion-MNIST "
-        "32x32 on a 2-core CPU, up to ~45 min; full: the paper's CIFAR-10 settings (GPU)",
-    )
-    parser.add_argument(
-        "--out",
-        help="report folder (default: reports/<experiment> at small "
-        "scale, runs/reports/<experiment>-<scale> otherwise)",
-    )
-    parser.add_argument(
-        "--data",
-        choices=["synthetic", "fashion-mnist", "cifar10"],
-        help="data set (default: the scale's)",
-    )
-    parser.add_argument("--data-dir", help="folder of the data set's files")
-    parser.add_argument(
-        "--cache",
-        default="runs",
-        help="run cache shared by the scripts (default: runs/ in the working directory)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    parser.add_argument(
-        "--plan", action="store_true", help="list the runs and the estimated time, then stop"
-    )
+    add_options(parser, ExperimentOptions)
     args = parser.parse_args(argv)
     args.experiment = experiment
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        default = (
-            f"reports/{experiment}"
-            if args.scale == "small"
-            else (f"runs/reports/{experiment}-{args.scale}")
-        )
-        args.out = default  # relative to the working directory (the repository root)
+    if args.out is None:  # relative to the working directory (the repository root)
+        small = args.scale == "small"
+        args.out = f"reports/{experiment}" if small else f"runs/reports/{experiment}-{args.scale}"
     return args
 
 
@@ -187,6 +186,24 @@ def start(script: str, doc: str, argv: list[str] | None, key: str) -> Experiment
     or None when ``--plan`` has printed its runs and nothing should be trained."""
     experiment = Experiment(parse_args(script, doc.splitlines()[0], argv), key)
     return None if experiment.plan() else experiment
+
+
+def experiment_main(key: str) -> Callable[[Callable[[Experiment], None]], Callable]:
+    """Decorator: ``report(experiment)`` becomes its module's ``main(argv)``, which parses the
+    shared command line, prints the plan for ``--plan``, else runs ``report``."""
+
+    def decorate(report: Callable[[Experiment], None]) -> Callable[[list[str] | None], None]:
+        module = sys.modules[report.__module__]
+
+        def main(argv: list[str] | None = None) -> None:
+            experiment = start(module.__file__, module.__doc__ or "", argv, key)
+            if experiment is not None:
+                report(experiment)
+
+        main.__doc__ = report.__doc__
+        return main
+
+    return decorate
 
 
 def entry(main, argv: list[str] | None = None) -> int:
@@ -278,11 +295,17 @@ class Experiment:
                 "status": "reused" if result.meta["cache"]["reused"] else "trained",
                 "final_train_error": finals.get("train"),
                 "final_test_error": finals.get("test"),
-                "train_wall_s": result.meta.get("wall_seconds_this_process"),
+                "train_wall_s": meta_wall_time(result.meta),
                 "cache_dir": Path(result.meta["cache"]["dir"]).name,
             }
         )
         return result
+
+    def train_all(self) -> tuple[dict[str, TrainResult], pd.DataFrame, pd.DataFrame]:
+        """Every model of this experiment trained (or loaded): the runs, their stacked
+        histories and the table of final errors."""
+        results = {model: self.run(model) for model, _ in self.models()}
+        return results, histories(results), final_errors(results)
 
     def estimate_seconds(self) -> pd.DataFrame:
         """Per run: cached or not, and the estimated training + evaluation seconds on the
@@ -321,32 +344,20 @@ class Experiment:
 
     def dataset(self, split: str = "test"):
         """A split of this experiment's data, loaded exactly as the trainer loads it."""
-        from gradflow.data import load_dataset
+        from gradflow.history import dataset_split
 
-        config = self.config("resnet20")
-        return load_dataset(
-            config.data,
-            split=split,
-            data_dir=config.data_dir,
-            pad_to=config.pad_to,
-            seed=config.seed,
-            image_size=config.synthetic_image_size,
-        )
+        return dataset_split(self.config("resnet20"), split)
 
-    def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The probe batch: ``probe_batch`` class-balanced test images (seeded)."""
-        return self.dataset("test").batch(self.scale.probe_batch, seed=self.args.seed)
+    def measurement_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The measurement batch: ``measurement_batch`` class-balanced test images (seeded)."""
+        return self.dataset("test").batch(self.scale.measurement_batch, seed=self.args.seed)
 
     def initial_model(self, model: str, init: str = "he") -> nn.Module:
-        """The weights the trainer starts (model, init) from: same seed, same constructor."""
-        from gradflow.models import create_model
-
-        config = self.config(model, init)
-        data = self.dataset("test")
-        torch.manual_seed(config.seed)
-        options = {"init": config.init} if config.init else {}
-        return create_model(
-            model, in_channels=data.channels, num_classes=data.num_classes, **options
+        """The weights the trainer starts (model, init) from: the one ``build_model``."""
+        config, data = self.config(model, init), self.dataset("test")
+        options = {"in_channels": data.channels, "num_classes": data.num_classes}
+        return build_model(
+            model, options={**options, "init": config.init}, seed=config.seed
         ).train()
 
     def spectra(self, model: nn.Module, x: torch.Tensor, label: str) -> pd.DataFrame:

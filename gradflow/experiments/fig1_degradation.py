@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from gradflow.report import Section, training_curves_figure
 
-from .common import compare_rows, final_errors, histories, start
+from .common import Experiment, compare_rows, experiment_main
 
 PAPER_FIGURE_1 = "paper Figure 1: plain-56 has higher training and test error than plain-20"
 
@@ -21,13 +21,10 @@ def share_above(history, deeper: str, shallower: str, split: str) -> tuple[int, 
     return int((wide[deeper] > wide[shallower]).sum()), len(wide)
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "fig1")
-    if experiment is None:  # --plan printed the runs
-        return
-    results = {model: experiment.run(model) for model, _ in experiment.models()}
-    history = histories(results)
-    table = final_errors(results)
+@experiment_main("fig1")
+def main(experiment: Experiment) -> None:
+    """Train or load the runs, measure, write the report (see the module doc)."""
+    results, history, table = experiment.train_all()
     shallow, deep = list(results)
     final = table.set_index("model")
     above, logged = share_above(history, deep, shallow, "train")

@@ -13,7 +13,7 @@ import torch
 
 from gradflow.report import Section, training_curves_figure
 
-from .common import Experiment, compare_rows, final_errors, histories, shown, start
+from .common import Experiment, compare_rows, experiment_main, shown
 
 # Table 2, ImageNet top-1 error (%, 10-crop testing)
 PAPER_TABLE_2 = {"plain18": 27.94, "plain34": 28.54, "resnet18": 27.88, "resnet34": 25.03}
@@ -49,13 +49,10 @@ def reductions(experiment: Experiment, model: torch.nn.Module) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "fig4")
-    if experiment is None:  # --plan printed the runs
-        return
-    results = {model: experiment.run(model) for model, _ in experiment.models()}
-    history = histories(results)
-    table = final_errors(results)
+@experiment_main("fig4")
+def main(experiment: Experiment) -> None:
+    """Train or load the runs, measure, write the report (see the module doc)."""
+    results, history, table = experiment.train_all()
     table["paper_top1_imagenet"] = table.model.map(PAPER_TABLE_2)
     final = table.set_index("model")
     train = history[(history.quantity == "error") & (history.split == "train")]

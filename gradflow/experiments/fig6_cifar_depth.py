@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gradflow.report import Section, training_curves_figure
 
-from .common import compare_rows, final_errors, histories, shown, start
+from .common import Experiment, compare_rows, experiment_main, shown
 
 # Table 6, CIFAR-10 test error (%) after 64k iterations (ResNet-110: best of 5 runs)
 PAPER_TABLE_6 = {
@@ -21,13 +21,10 @@ PAPER_TABLE_6 = {
 FIGURE_6 = "paper Figure 6"
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "fig6")
-    if experiment is None:  # --plan printed the runs
-        return
-    results = {model: experiment.run(model) for model, _ in experiment.models()}
-    history = histories(results)
-    table = final_errors(results)
+@experiment_main("fig6")
+def main(experiment: Experiment) -> None:
+    """Train or load the runs, measure, write the report (see the module doc)."""
+    results, history, table = experiment.train_all()
     table["paper_test_error_cifar10"] = table.model.map(PAPER_TABLE_6)
     final = table.set_index("model")
     plain = [m for m in results if m.startswith("plain")]
@@ -45,12 +42,13 @@ def main(argv: list[str] | None = None) -> None:
                      paper=f"Table 6: {resnet[0]} {PAPER_TABLE_6.get(resnet[0])}%, "
                      f"{resnet[-1]} {PAPER_TABLE_6.get(resnet[-1])}% on CIFAR-10"),
     ]  # fmt: skip
-    for twin in plain:
-        residual = twin.replace("plain", "resnet")
+    for plain_net in plain:
+        residual = plain_net.replace("plain", "resnet")
         if residual in final.index:
             comparisons.append(compare_rows(
-                final, residual, twin, "train_error", quantity="training error",
-                expected="lower", paper=f"{FIGURE_6}: a ResNet trains better than its plain twin",
+                final, residual, plain_net, "train_error", quantity="training error",
+                expected="lower",
+                paper=f"{FIGURE_6}: a ResNet trains better than its plain counterpart",
             ))  # fmt: skip
     panels = {"plain nets": plain, "ResNets": resnet}
     section = Section(

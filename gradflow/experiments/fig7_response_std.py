@@ -15,16 +15,15 @@ import pandas as pd
 from gradflow.record import record
 from gradflow.report import Section, response_std_figure
 
-from .common import compare_rows, start
+from .common import Experiment, compare_rows, experiment_main
 
 FIGURE_7 = "paper Figure 7"
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "fig7")
-    if experiment is None:  # --plan printed the runs
-        return
-    x, y = experiment.probe()
+@experiment_main("fig7")
+def main(experiment: Experiment) -> None:
+    """Train or load the runs, measure, write the report (see the module doc)."""
+    x, y = experiment.measurement_batch()
     frames = []
     for model, _ in experiment.models():
         trained = experiment.run(model).model.eval()  # BN with its running statistics
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     section = Section(
         "Layer responses (Figure 7 layout)",
         paragraphs=[
-            f"Trained models in eval mode (BN with its running statistics), one probe batch "
+            f"Trained models in eval mode (BN with its running statistics), one measurement batch "
             f"of {len(x)} class-balanced test images. (a) layers in forward order, (b) the "
             "same values sorted in descending order. The stem's BN counts as the first layer."
         ],

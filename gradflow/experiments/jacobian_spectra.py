@@ -13,9 +13,9 @@ import pandas as pd
 
 from gradflow.record import record
 from gradflow.report import Section, activation_grad_figure, cumulative_spectra_figure
-from gradflow.spectra import summarize_spectra
+from gradflow.summaries import spectra_summary_by_step
 
-from .common import Experiment, compare_rows, deepest_spectra, gradient_log10_ratio, start
+from .common import Experiment, compare_rows, deepest_spectra, experiment_main, gradient_log10_ratio
 
 EXPECTATION = (
     "the identity term of I + J_F predicts it: the backprop argument of He et al.'s "
@@ -36,11 +36,26 @@ def measure(experiment: Experiment, model, label: str, step: int, x, y):
     return frame, experiment.spectra(model, x, label).assign(step=step)
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "jacobian")
-    if experiment is None:  # --plan printed the runs
-        return
-    x, y = experiment.probe()
+@experiment_main("jacobian")
+def main(experiment: Experiment) -> None:
+    """Train or load the runs, measure at init and after training, write the report."""
+    records, spectra = measure_all(experiment)
+    summary = spectra_summary_by_step(spectra)
+    table = deepest_spectra(summary)
+    ratios = gradient_log10_ratio(records, by=("model", "step"))
+    table["grad_log10_ratio"] = [ratios[m, s] for m, s in zip(table.model, table.step, strict=True)]
+    steps = sorted(records["step"].unique())
+    experiment.write_report(
+        "Cumulative Jacobian spectra: plain vs residual",
+        sections(table, summary, records, steps),
+        {"records": records, "spectra": spectra, "spectra_summary": summary, "summary": table},
+        comparisons(table, steps),
+    )
+
+
+def measure_all(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Records and spectra of every model at initialisation and after its training run."""
+    x, y = experiment.measurement_batch()
     records, spectra = [], []
     for model, init in experiment.models():
         trained = experiment.run(model, init)
@@ -51,16 +66,11 @@ def main(argv: list[str] | None = None) -> None:
             frame, spectrum = measure(experiment, network, model, step, x, y)
             records.append(frame)
             spectra.append(spectrum)
-    records = pd.concat(records, ignore_index=True)
-    spectra = pd.concat(spectra, ignore_index=True)
-    summary = pd.concat(
-        [summarize_spectra(part).assign(step=step) for step, part in spectra.groupby("step")],
-        ignore_index=True,
-    )
-    table = deepest_spectra(summary)
-    ratios = {step: gradient_log10_ratio(part) for step, part in records.groupby("step", sort=True)}
-    table["grad_log10_ratio"] = [ratios[s][m] for m, s in zip(table.model, table.step, strict=True)]
-    steps = sorted(ratios)
+    return pd.concat(records, ignore_index=True), pd.concat(spectra, ignore_index=True)
+
+
+def comparisons(table: pd.DataFrame, steps: list[int]) -> list[str]:
+    """Each plain net against its residual counterpart, at every step."""
     comparisons = []
     for step in steps:
         when = "at initialisation" if step == 0 else f"after {step} iterations"
@@ -79,15 +89,22 @@ def main(argv: list[str] | None = None) -> None:
                              quantity="log10 ratio of the gradient norm at the first block to "
                              "the last"),
             ]  # fmt: skip
+    return comparisons
+
+
+def sections(
+    table: pd.DataFrame, summary: pd.DataFrame, records: pd.DataFrame, steps: list[int]
+) -> list[Section]:
+    """The spectra section (table and one figure per step) and the backward-signal one."""
     note = (
-        "Per sample, BN in eval mode with its statistics calibrated on the probe batch in a "
+        "Per sample, BN in eval mode with its statistics calibrated on the measurement batch in a "
         "copy of each model (at initialisation and after training alike). The band spans the "
         "smallest to the largest computed singular value; the smallest are Krylov estimates "
         "(upper bounds on the true smallest) unless the summary says converged, so "
         "log10_condition is a lower bound; log10_spread = log10(largest / RMS singular "
         "value) needs no smallest value (0 for an isometry) and is what the comparison uses."
     )
-    sections = [
+    return [
         Section(
             "Cumulative spectra vs depth",
             paragraphs=[note],
@@ -105,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         Section(
             "Backward signal",
             paragraphs=[
-                "||dL/dz_k|| at every block boundary on the probe batch (train-mode "
+                "||dL/dz_k|| at every block boundary on the measurement batch (train-mode "
                 "BN), at initialisation and after training (line style = step)."
             ],
             figures=[
@@ -117,9 +134,3 @@ def main(argv: list[str] | None = None) -> None:
             ],
         ),
     ]
-    experiment.write_report(
-        "Cumulative Jacobian spectra: plain vs residual",
-        sections,
-        {"records": records, "spectra": spectra, "spectra_summary": summary, "summary": table},
-        comparisons,
-    )

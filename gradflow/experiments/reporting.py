@@ -14,29 +14,24 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from gradflow import io as gio
+from gradflow import provenance
+from gradflow.summaries import deepest_prod
 from gradflow.train import TrainResult
 
 PAPER = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
 
 
 def versions() -> dict[str, str]:
-    """Versions of what produced a report."""
+    """Versions of what produced a report: the shared ones, matplotlib and the platform."""
     import matplotlib
 
-    import gradflow
-
     return {
-        "gradflow": gradflow.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
+        **provenance.versions(),
         "matplotlib": matplotlib.__version__,
-        "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }
 
@@ -101,38 +96,10 @@ def histories(results: dict[str, TrainResult]) -> pd.DataFrame:
     return pd.concat([r.history for r in results.values()], ignore_index=True)
 
 
-def gradient_log10_ratio(records: pd.DataFrame) -> pd.Series:
-    """Per model: log10 ||dL/dz_0|| / ||dL/dz_L|| (block-1 input over last block output)."""
-    grads = records[records.quantity == "activation_grad_norm"]
-
-    def ratio(group: pd.DataFrame) -> float:
-        by_depth = group.set_index("depth")["value"]
-        first, last = by_depth[by_depth.index.min()], by_depth[by_depth.index.max()]
-        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 (fixup at init): nan
-            return float(np.log10(np.float64(first) / last))
-
-    return grads.groupby("model", sort=False).apply(ratio, include_groups=False)
-
-
 def deepest_spectra(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per model (and step): the cumulative spectrum at the deepest depth measured, samples
-    averaged in log space: largest, RMS (sqrt of Hutchinson's ||J||_F^2 / dim) and smallest
-    computed singular value; log10_spread = log10(largest / RMS), which needs no smallest
-    value (1 for an isometry: 0), and log10_condition = log10(largest / smallest)."""
-    keys = [k for k in ("model", "step") if k in summary]
-    prod = summary[summary.operator == "prod"]
-    last = prod[prod.depth == prod.groupby(keys)["depth"].transform("max")]
-    with np.errstate(divide="ignore"):  # an exact 0 gives -inf: condition number inf
-        logs = last.assign(
-            largest=np.log10(last.largest),
-            rms=0.5 * np.log10(last.mean_sq_estimate.astype(float)),
-            smallest=np.log10(last.smallest),
-        )
-    table = logs.groupby(keys, sort=False)[["depth", "largest", "rms", "smallest"]].mean()
-    table["log10_spread"] = table.largest - table.rms
-    table["log10_condition"] = table.largest - table.smallest
-    table[["largest", "rms", "smallest"]] = 10 ** table[["largest", "rms", "smallest"]]
-    return table.reset_index()
+    """Per model (and step): ``gradflow.summaries.deepest_prod`` (the cumulative spectrum at
+    the deepest depth; log10_spread = log10(largest / RMS) needs no smallest value)."""
+    return deepest_prod(summary)
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:
@@ -177,15 +144,16 @@ def write_report(
     )
     for name, frame in {**frames, "runs": runs}.items():
         gio.write_text(out / "data" / f"{name}.csv", frame.to_csv(index=False, float_format="%.6g"))
-    meta = {
-        "experiment": experiment.args.experiment,
-        "command": command(experiment),
-        "scale": asdict(experiment.scale),
-        "data": experiment.data,
-        "wall_seconds": round(wall, 1),
-        "versions": versions(),
-        "runs": experiment.runs,
-    }
+    meta = provenance.run_meta(
+        {key: value for key, value in vars(experiment.args).items() if key != "argv"},
+        provenance.data_meta(experiment.dataset("test")),
+        wall,
+        experiment=experiment.args.experiment,
+        scale=asdict(experiment.scale),
+        runs=experiment.runs,
+    )
+    meta["command"] = command(experiment)
+    meta["versions"] = versions()
     gio.write_text(out / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
     experiment.log(f"report in {out} ({wall:.1f} s)")
     return out

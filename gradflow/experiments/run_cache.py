@@ -16,10 +16,12 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from gradflow import io as gio
+from gradflow.checkpoint import load_state_dict
 from gradflow.errors import UserInputError
+from gradflow.models.build import build_model
+from gradflow.provenance import meta_data
 from gradflow.train import CHECKPOINT, RESUMABLE_CHANGES, TrainConfig, TrainResult, train
 
 
@@ -82,19 +84,18 @@ def cached_run(config: TrainConfig, cache_dir: str | Path) -> TrainResult:
 
 def _load_run(folder: Path, config: TrainConfig) -> TrainResult:
     """A finished run from its folder: frames, metadata and the final weights."""
-    from gradflow.models import create_model
-
     meta = json.loads((folder / DONE).read_text())
     history = pd.read_parquet(folder / "history.parquet")
     records_path = folder / "records.parquet"
     records = pd.read_parquet(records_path) if records_path.exists() else pd.DataFrame()
-    state = torch.load(folder / "final.pt", map_location="cpu", weights_only=True)["model"]
+    state = load_state_dict(folder / "final.pt")
     classes = [v.shape[0] for k, v in state.items() if k.endswith("fc.weight")]
-    model = create_model(
-        config.model,
-        in_channels=meta["dataset"]["image_shape"][0],
-        num_classes=classes[-1] if classes else 10,
-        **{k: v for k, v in (("init", config.init), ("shortcut", config.shortcut)) if v},
-    )
+    options = {
+        "in_channels": meta_data(meta)["image_shape"][0],
+        "num_classes": classes[-1] if classes else 10,
+        "init": config.init,
+        "shortcut": config.shortcut,
+    }
+    model = build_model(config.model, options=options, seed=config.seed)
     model.load_state_dict(state)
     return TrainResult(history, records, model, config, meta)

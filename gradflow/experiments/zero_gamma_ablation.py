@@ -22,23 +22,43 @@ from gradflow.report import (
 from gradflow.spectra import summarize_spectra
 
 from .common import (
+    Experiment,
     compare_rows,
     deepest_spectra,
+    experiment_main,
     final_errors,
     gradient_log10_ratio,
     histories,
     shown,
-    start,
 )
 
 GOYAL = "Goyal et al. 2017 set gamma = 0 in the last BN of each residual block"
 
 
-def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "zero_gamma")
-    if experiment is None:  # --plan printed the runs
-        return
-    x, y = experiment.probe()
+@experiment_main("zero_gamma")
+def main(experiment: Experiment) -> None:
+    """Measure every (model, init) at initialisation, train it, write the report."""
+    records, summary, results, diverged = measure_and_train(experiment)
+    at_init = deepest_spectra(summary).set_index("model")
+    at_init["grad_log10_ratio"] = gradient_log10_ratio(records)
+    errors = final_errors(results).set_index("model")
+    table = at_init.join(errors[["train_error", "test_error"]]).reset_index()
+    experiment.write_report(
+        "Zero-gamma ablation: he, zero_gamma, skipinit, fixup",
+        sections(experiment, table, records, summary, results),
+        {
+            "init_records": records,
+            "init_spectra_summary": summary,
+            "history": histories(results),
+            "summary": table,
+        },
+        comparisons(experiment, table, diverged),
+    )
+
+
+def measure_and_train(experiment: Experiment) -> tuple[pd.DataFrame, pd.DataFrame, dict, list]:
+    """Gradient norms and spectra summary at init, the training runs, the diverged labels."""
+    x, y = experiment.measurement_batch()
     records, spectra, results, diverged = [], [], {}, []
     for model, init in experiment.models():
         label = f"{model} {init}"
@@ -53,11 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     records = pd.concat(records, ignore_index=True)
     records = records[records.quantity == "activation_grad_norm"]
     summary = summarize_spectra(pd.concat(spectra, ignore_index=True))
-    at_init = deepest_spectra(summary).set_index("model")
-    at_init["grad_log10_ratio"] = gradient_log10_ratio(records)
-    errors = final_errors(results).set_index("model")
-    table = at_init.join(errors[["train_error", "test_error"]]).reset_index()
+    return records, summary, results, diverged
 
+
+def comparisons(experiment: Experiment, table: pd.DataFrame, diverged: list[str]) -> list[str]:
+    """zero_gamma against he for every depth, and what diverged."""
     measured = table.set_index("model").assign(abs_grad=lambda t: t.grad_log10_ratio.abs())
     comparisons = []
     for model in dict.fromkeys(m for m, _ in experiment.models()):
@@ -79,27 +99,39 @@ def main(argv: list[str] | None = None) -> None:
                 paper="Goyal et al. report it eases optimisation early in large-batch "
                 "training; the literature gives no CIFAR number to check",
             ))  # fmt: skip
-    if at_init.grad_log10_ratio.isna().any():
+    if table.grad_log10_ratio.isna().any():
         comparisons.append(
             "fixup zeroes the classifier at initialisation, so no gradient reaches the blocks at "
             "step 0 (gradient-norm ratio undefined, nan in the table); it is not a failure."
         )
     comparisons += [f"{label} diverged (NaN/Inf loss) at lr 0.1." for label in diverged]
+    return comparisons
+
+
+def sections(
+    experiment: Experiment,
+    table: pd.DataFrame,
+    records: pd.DataFrame,
+    summary: pd.DataFrame,
+    results: dict,
+) -> list[Section]:
+    """The at-initialisation section (table, gradients, spectra) and the training curves."""
     panels = {
         model: [
             f"{model} {i}" for m, i in experiment.models() if m == model and f"{m} {i}" in results
         ]
         for model in dict.fromkeys(m for m, _ in experiment.models())
     }
-    sections = [
+    return [
         Section(
             "At initialisation",
             paragraphs=[
-                f"One probe batch of {len(x)} test images, models in train mode as training "
-                "starts. Gradient norms: ||dL/dz_k|| at every block boundary. Spectra: singular "
+                f"One measurement batch of {experiment.scale.measurement_batch} test images, "
+                "models in train mode as training starts. Gradient norms: ||dL/dz_k|| at every "
+                "block boundary. Spectra: singular "
                 "values of the Jacobian of the map from the input to the output of block k "
                 "(the cumulative product prod (I + J_F)), per sample with BN in eval mode, "
-                "its statistics calibrated on the probe batch in a copy of the model.",
+                "its statistics calibrated on the measurement batch in a copy of the model.",
                 "largest / smallest: extreme computed singular values at the deepest block "
                 "measured (log10_condition = log10 of their ratio); smallest is a Krylov "
                 "estimate, an upper bound on the true smallest. An exact 0 (condition inf) is "
@@ -132,14 +164,3 @@ def main(argv: list[str] | None = None) -> None:
             ],
         ),
     ]
-    experiment.write_report(
-        "Zero-gamma ablation: he, zero_gamma, skipinit, fixup",
-        sections,
-        {
-            "init_records": records,
-            "init_spectra_summary": summary,
-            "history": histories(results),
-            "summary": table,
-        },
-        comparisons,
-    )

@@ -1,0 +1,217 @@
+"""The settings of ``gradflow analyze`` and ``gradflow train``, each option written once.
+
+Every field is an ``options.option``: its help text, flag, limits and choices serve the
+library's checks and the command line's flags alike (``gradflow.options``). Light on
+purpose (no torch): the command line builds its ``--help`` from these classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from .errors import ParameterError, UserInputError
+from .options import check_options, option
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The data sets ``gradflow.data`` defines (the choices of every --data)."""
+    from .data import DATASETS
+
+    return DATASETS
+
+
+def milestones(text: str) -> tuple[float, ...]:
+    """--milestones: positive numbers separated by commas (fractions, or iterations if > 1)."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+MODEL_HELP = "a registry name (gradflow models), torchvision:NAME or path/to/file.py:factory"
+DATA_DIR_HELP = (
+    "folder of the data set files (default for fashion-mnist: /usr/share/datasets/"
+    "fashion-mnist, from the Debian package dataset-fashion-mnist; cifar10: $GRADFLOW_CIFAR10 "
+    "or ~/.cache/gradflow/cifar10)"
+)
+
+
+@dataclass
+class AnalysisConfig:
+    """Everything that determines an analysis run (also written to meta.json)."""
+
+    models: list[str] = option(  # noqa: RUF009 (option is a dataclasses.field)
+        help=MODEL_HELP + "; repeat to compare models", flag="--model", metavar="NAME", repeat=True
+    )
+    data: str = option(
+        "synthetic",
+        choices=dataset_names,
+        help="data of the measurement batch (synthetic: generated in code; 1-channel data "
+        "sets build models with in_channels=1)",
+    )
+    data_dir: str | None = option(None, help=DATA_DIR_HELP)
+    batch_size: int = option(128, minimum=2, help="measurement batch size")
+    samples: int = option(
+        2, minimum=1, help="samples of the measurement batch for the Jacobian spectra"
+    )
+    k: int = option(8, minimum=1, help="largest and smallest singular values per operator")
+    depths: str = option(
+        "auto", help="depths of the cumulative spectra: auto, all, or a comma list like 1,9,18,27"
+    )
+    seed: int = option(0, help="seed of the measurement batch and of the models' initial weights")
+    device: str = option("cpu", help="cpu, cuda or cuda:N")
+    init: str | None = option(
+        None, help="initialisation for registry models: he, zero_gamma, skipinit, fixup"
+    )
+    steps: int = option(
+        0,
+        minimum=0,
+        help="train this many iterations with the paper's SGD recipe first; analyse at init "
+        "and after (0: init only)",
+    )
+    checkpoint: str | None = option(None, help="analyse a trained model from this checkpoint")
+    progress: bool = option(True, flag="--quiet", help="no progress bars")
+    threads: int = option(
+        1,
+        minimum=0,
+        help="torch CPU threads (1: robust on a busy machine and the same bits on any core "
+        "count; 0 keeps torch's default)",
+    )
+
+    def validate(self) -> None:
+        """Raise UserInputError (naming the parameter) for settings that cannot work."""
+        if not self.models:
+            raise ParameterError("models", "no model given: name at least one, e.g. resnet56")
+        if self.checkpoint and len(self.models) != 1:
+            raise ParameterError("checkpoint", "checkpoint applies to one model: pass exactly one")
+        check_options(self)
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; the defaults are the paper's CIFAR-10 recipe."""
+
+    model: str = option("resnet20", group="model", help="zoo name (e.g. plain56)")
+    init: str | None = option(
+        None, group="model", help="he | zero_gamma | skipinit | fixup (default: he)"
+    )
+    shortcut: str | None = option(
+        None, group="model", help="A | B | C for residual nets (default: A, the paper's)"
+    )
+    data: str = option(
+        "synthetic",
+        group="data",
+        choices=dataset_names,
+        help="dataset (synthetic: generated in code; e.g. --data fashion-mnist)",
+    )
+    data_dir: str | None = option(None, group="data", help=DATA_DIR_HELP)
+    pad_to: int | None = option(
+        None,
+        group="data",
+        help="zero-pad images to this size, e.g. --pad-to 32 for Fashion-MNIST (28x28)",
+    )
+    synthetic_size: int | None = option(
+        None, group="data", help="training images of the synthetic set (default 10000)"
+    )
+    synthetic_image_size: int = option(
+        32, group="data", minimum=1, help="side of the synthetic images (e.g. 8 for a smoke test)"
+    )
+    val_size: int = option(
+        0,
+        group="data",
+        minimum=0,
+        help="hold out this many training images for validation (the paper: --val-size 5000)",
+    )
+    augment: bool = option(True, group="data", flag="--no-augment", help="no padding/crop/flip")
+    iterations: int = option(
+        64_000, group="recipe", minimum=1, help="iteration budget (the paper's; e.g. 2000)"
+    )
+    batch_size: int = option(
+        128, group="recipe", minimum=1, help="global batch size, split across torchrun processes"
+    )
+    lr: float = option(0.1, group="recipe", help="initial learning rate")
+    momentum: float = option(0.9, group="recipe", help="SGD momentum")
+    weight_decay: float = option(1e-4, group="recipe", help="L2 weight decay")
+    milestones: tuple[float, ...] = option(
+        (0.5, 0.75),
+        group="recipe",
+        type=milestones,
+        help="lr / 10 at these fractions of the budget, or iterations if > 1 "
+        "(e.g. --milestones 32000,48000)",
+    )
+    lr_decay: float = option(0.1, group="recipe", help="lr factor at each milestone")
+    warmup_iterations: int = option(
+        0,
+        group="recipe",
+        minimum=0,
+        help="warm up at --warmup-lr until train error < 80% or this many iterations "
+        "(0 = off; ResNet-110: --warmup-iterations 400)",
+    )
+    warmup_lr: float = option(0.01, group="recipe", help="warm-up learning rate")
+    warmup_error: float = option(80.0, cli=False, help="warm-up ends below this batch error %")
+    eval_every: int = option(
+        1000,
+        group="logging and output",
+        minimum=1,
+        help="log train/test error every N iterations (e.g. --eval-every 100)",
+    )
+    eval_batch_size: int = option(500, cli=False, minimum=1, help="images per evaluation batch")
+    record_every: int = option(
+        1000,
+        group="logging and output",
+        minimum=0,
+        help="run the Recorder every N iterations (0 = never)",
+    )
+    checkpoint_every: int = option(
+        1000,
+        group="logging and output",
+        minimum=0,
+        help="write checkpoint.pt every N iterations (0 = only at the end)",
+    )
+    out_dir: str | None = option(
+        None,
+        group="logging and output",
+        flag="--out",
+        help="output directory (e.g. --out runs/resnet20); nothing is written without it",
+    )
+    resume: bool = option(
+        False,
+        group="logging and output",
+        help="continue from --out/checkpoint.pt (same settings); starts fresh if there is none",
+    )
+    seed: int = option(0, group="recipe", help="seed of init, data order and augmentation")
+    device: str = option(
+        "auto", group="logging and output", help="cpu, cuda, cuda:1 (auto: the local GPU if any)"
+    )
+    label: str | None = option(
+        None, group="model", help="name in the frames' model column (default: --model)"
+    )
+    progress: bool = option(
+        True, group="logging and output", flag="--quiet", help="no progress bar or summary"
+    )
+    download: bool = option(
+        False, group="data", help="fetch CIFAR-10 with torchvision if missing (needs network)"
+    )
+
+    def milestone_iterations(self) -> list[int]:
+        """Iterations at which the lr is divided: floor(fraction * iterations), or m if m > 1."""
+        return sorted(int(m * self.iterations) if m <= 1 else int(m) for m in self.milestones)
+
+    def validate(self) -> None:
+        """Raise UserInputError (naming the parameter) for settings that cannot work."""
+        check_options(self)
+        for name in ("lr", "warmup_lr", "lr_decay"):
+            if not getattr(self, name) > 0:
+                raise ParameterError(name, f"{name} must be positive, got {getattr(self, name)}")
+        if any(m <= 0 for m in self.milestones):
+            raise ParameterError(
+                "milestones", f"milestones must be positive, got {list(self.milestones)}"
+            )
+        if self.resume and not self.out_dir:
+            raise UserInputError("--resume needs --out (the directory holding checkpoint.pt)")
