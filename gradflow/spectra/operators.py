@@ -34,8 +34,8 @@ ROUTES = ("forward", "double_vjp")
 # stream of torch.manual_seed(0) that typically drew the user's weights (correlated probes).
 SEED_OFFSET = 0x6A09E667
 TRAIN_BN_MESSAGE = (
-    "the function has BatchNorm in training mode: its running statistics would be updated "
-    "(in place) by every product, and samples would mix. Pass the model in eval mode "
+    "the function updates a tensor in place (BatchNorm in training mode updates its running "
+    "statistics at every call, and mixes the samples). Pass the model in eval mode "
     "(model.eval()), or a copy calibrated on a probe batch: gf.calibrated_copy(model, x)"
 )
 
@@ -62,8 +62,10 @@ def check_not_training_batchnorm(fn: object) -> None:
 
 def _is_training_batchnorm_error(err: Exception) -> bool:
     text = str(err)
-    return ("inplace" in text.replace("-", "") and "vmap" in text) or (
-        "Expected more than 1 value per channel when training" in text
+    return (
+        ("inplace" in text.replace("-", "") and "vmap" in text)
+        or "mutate a captured Tensor" in text
+        or "Expected more than 1 value per channel when training" in text
     )
 
 
@@ -179,8 +181,13 @@ class JacobianOperator(RowOperator):
         check_not_training_batchnorm(fn)
         self.fn = fn
         self.x = x.detach()
-        with torch.no_grad():
-            output, self._vjp_fn = vjp(fn, self.x)
+        try:
+            with torch.no_grad():
+                output, self._vjp_fn = vjp(fn, self.x)
+        except (RuntimeError, ValueError) as err:
+            if _is_training_batchnorm_error(err):
+                raise UserInputError(TRAIN_BN_MESSAGE) from None
+            raise
         if not isinstance(output, Tensor) or output.dtype != x.dtype:
             raise UserInputError(
                 "fn must return one tensor of the same dtype as x "
