@@ -1,18 +1,17 @@
-"""Jacobian spectra of CIFAR resnet56 maps: gradflow solvers vs the dense baseline, one run.
+"""Jacobian spectra of CIFAR resnet56 maps: gradflow against scipy and dense, side by side.
 
 Maps at one 3x32x32 input, eval-mode BN (running statistics calibrated on 8 probe inputs in a
 copy): input -> end of stage 1 (3072 -> 16384) and input -> end of stage 3 (3072 -> 4096).
-Baseline: the dense Jacobian by ``torch.func.jacfwd`` (all tangents in one vmap) and
-``torch.linalg.svdvals``. Goals (issue 5): top-16 >= 20x faster at relative error <= 1e-3,
-bottom-16 >= 5x faster at <= 1e-2, cumulative spectra at all 27 depths <= 4x one depth.
+Top-16 singular values by: the dense Jacobian (``torch.func.jacfwd`` + ``svdvals``, which
+also gives the exact values), ``gf.singular_values`` (Golub-Kahan-Lanczos, certified bounds),
+and scipy's ``svds`` (ARPACK, PROPACK) and ``lobpcg`` (on the Gram J^T J) through the
+operator's ``as_linear_operator()`` (the same linearised products, counted). Errors are
+max |s - exact| / exact over the 16 values. The walk section compares
+``cumulative_singular_values`` (all 27 depths, one walk) with what a user writes instead:
+one scipy solve per depth, warm-started with the previous depth's top right vector.
 
-    python benchmarks/bench_spectra.py [--maps stage1,stage3] [--skip-cumulative]
+    python benchmarks/bench_spectra.py [--maps stage1,stage3] [--skip-walk] [--skip-bottom]
     python benchmarks/bench_spectra.py --contrast   # plain56 vs resnet56 at init
-
-``--contrast`` prints, for plain56 and resnet56 at init, the exact (dense SVD) cumulative
-spectra from the input to blocks 1, 9, 18, 27 in float64 (largest, smallest, log10
-condition), and the
-time of ``block_spectra`` with its cheap defaults (what ``gradflow analyze`` runs).
 """
 
 from __future__ import annotations
@@ -22,15 +21,19 @@ import time
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator, lobpcg, svds
 from torch.func import jacfwd
 
 import gradflow as gf
 from gradflow.spectra import (
+    JacobianOperator,
     block_spectra,
     calibrated_copy,
     cumulative_singular_values,
     singular_values,
 )
+
+K = 16
 
 
 def timed(work, *args, **kwargs):
@@ -54,12 +57,130 @@ def zero_floor(exact) -> float:
     return np.finfo(np.float32).eps * len(exact) * exact[0]
 
 
-def relative_error(result, exact) -> float:
+def relative_error(values, indices, exact) -> float:
     """max |s - exact| / exact, where exact values at rounding level (a rank-deficient map's
     zeros, below ``zero_floor``) count relative to sigma_max instead (no relative error)."""
-    wanted = exact[result.indices]
+    wanted = exact[indices]
     reference = np.where(wanted < zero_floor(exact), exact[0], wanted)
-    return float(np.max(np.abs(result.values - wanted) / reference))
+    return float(np.max(np.abs(np.asarray(values) - wanted) / reference))
+
+
+def scipy_top(solver: str, fn, x, v0=None, tol=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Top-K values (descending), top right vector and products of one scipy solve."""
+    operator = JacobianOperator(fn, x)
+    linear = operator.as_linear_operator()
+    rng = np.random.default_rng(0)
+    if solver == "lobpcg":
+        gram = LinearOperator(
+            (linear.shape[1],) * 2, dtype=np.float64,
+            matvec=lambda v: linear.rmatvec(linear.matvec(v)),
+            matmat=lambda v: linear.rmatmat(linear.matmat(v)),
+        )  # fmt: skip
+        start = rng.standard_normal((linear.shape[1], K))
+        eigenvalues, vectors = lobpcg(gram, start, largest=True, tol=tol or 1e-6, maxiter=400)
+        order = np.argsort(eigenvalues)[::-1]
+        values = np.sqrt(np.clip(eigenvalues[order], 0, None))
+        return values, vectors[:, order[0]], operator.products
+    if solver == "propack":  # PROPACK's v0 lives on the left: solve the transpose
+        u, s, _ = svds(linear.T, k=K, solver="propack", v0=v0, rng=rng, **_tol(tol))
+        order = np.argsort(s)[::-1]
+        return s[order], u[:, order[0]], operator.products
+    _, s, vt = svds(linear, k=K, solver="arpack", v0=v0, rng=rng, **_tol(tol or 1e-5))
+    order = np.argsort(s)[::-1]
+    return s[order], vt[order[0]], operator.products
+
+
+def _tol(tol):
+    return {} if tol is None else {"tol": tol}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--maps", default="stage1,stage3")
+    parser.add_argument("--skip-walk", action="store_true")
+    parser.add_argument("--skip-bottom", action="store_true", help="no bottom-16 rows")
+    parser.add_argument("--contrast", action="store_true", help="plain56 vs resnet56 at init")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (1: on a shared 2-core machine, 2 threads that wait on each other "
+        "at every small op made the batched products 15x slower, the big baseline only 4x)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.contrast:
+        return contrast()
+    torch.manual_seed(0)
+    model = gf.create_model("resnet56")
+    probe = torch.randn(8, 3, 32, 32)
+    twin = calibrated_copy(model, probe)
+    x = probe[:1]
+    singular_values(stage_map(twin, 1), x, k=2, method="lanczos", tol=1e-2)  # warm-up
+    print(f"{'map':7} {'solver':30} {'seconds':>8} {'x best':>7} {'products':>8} "
+          f"{'max rel err':>11} {'bound':>8}", flush=True)  # fmt: skip
+    for name in args.maps.split(","):
+        compare_solvers(name, stage_map(twin, {"stage1": 1, "stage3": 3}[name]), x, args)
+    if not args.skip_walk:
+        walk(twin, x)
+
+
+def compare_solvers(name: str, fn, x, args) -> None:
+    """One map: dense, gradflow and scipy top-16 (and gradflow's bottom-16) in one run."""
+    exact, base_time = timed(baseline, fn, x)
+    rows = [("dense jacfwd+svdvals (all)", base_time, x.numel(), 0.0, np.nan)]
+    top, seconds = timed(singular_values, fn, x, k=K, method="lanczos", tol=1e-4)
+    gradflow_row = ("gradflow singular_values top", seconds, top.matvecs,
+                    relative_error(top.values, top.indices, exact),
+                    float(np.max(top.errors / top.values)))  # fmt: skip
+    rows.append(gradflow_row)
+    for solver in ("arpack", "propack", "lobpcg"):
+        try:
+            (values, _, products), seconds = timed(scipy_top, solver, fn, x)
+            error = relative_error(values, np.arange(K), exact)
+        except Exception as err:  # a solver that fails is reported, not hidden
+            print(f"{name:7} scipy {solver} failed: {type(err).__name__}: {err}", flush=True)
+            continue
+        rows.append((f"scipy {solver} top", seconds, products, error, np.nan))
+    best = min(seconds for label, seconds, *_ in rows if label.startswith("scipy"))
+    if not args.skip_bottom:
+        for method, options in (("dense", {}), ("lanczos", dict(tol=1e-2, max_matvecs=1024))):
+            low, seconds = timed(singular_values, fn, x, k=K, which="smallest", method=method,
+                                 **options)  # fmt: skip
+            rows.append((f"gradflow {method} bottom", seconds, low.matvecs,
+                         relative_error(low.values, low.indices, exact),
+                         float(np.max(low.errors / low.values))))  # fmt: skip
+    for label, seconds, products, error, bound in rows:
+        print(f"{name:7} {label:30} {seconds:8.2f} {seconds / best:7.2f} {products:8d} "
+              f"{error:11.1e} {bound:8.1e}", flush=True)  # fmt: skip
+
+
+def walk(twin, x) -> None:
+    """Top-16 of J_d ... J_1 (input -> block d) at all 27 depths: one walk vs per-depth scipy."""
+    blocks = [block for _, block in twin.named_blocks()]
+    steps = [lambda z: blocks[0](twin.forward_stem(z)), *blocks[1:]]
+    cumulative_singular_values(steps, x, depths=[1], k=4)  # warm-up: first calls are slower
+    every, walk_time = timed(cumulative_singular_values, steps, x, k=K, tol=1e-2)
+    walk_products = sum(result.matvecs * depth for depth, result in every.items())
+    bound = max(float(np.max(r.errors / r.values)) for r in every.values())
+    print(f"\nall 27 depths, top-16, tol 1e-2: {'seconds':>8} {'x walk':>7} "
+          f"{'block products':>14} {'max rel diff to walk':>20}")  # fmt: skip
+    print(f"  gradflow walk (bound <= {bound:.1e})   {walk_time:8.2f} {1.0:7.2f} "
+          f"{walk_products:14d} {0.0:20.1e}", flush=True)  # fmt: skip
+    for solver in ("propack", "arpack"):
+        (products, difference), seconds = timed(_per_depth, solver, steps, x, every)
+        print(f"  scipy {solver} per depth, v0 warm    {seconds:8.2f} {seconds / walk_time:7.2f} "
+              f"{products:14d} {difference:20.1e}", flush=True)  # fmt: skip
+
+
+def _per_depth(solver, steps, x, every) -> tuple[int, float]:
+    """One scipy solve per depth, v0 = the previous depth's top right vector: block products
+    and the largest relative difference to the walk's values."""
+    v0, products, difference = None, 0, 0.0
+    for depth in range(1, len(steps) + 1):
+        values, v0, count = scipy_top(solver, _chain(steps[:depth]), x, v0=v0, tol=1e-2)
+        products += count * depth
+        reference = every[depth].values
+        difference = max(difference, float(np.max(np.abs(values - reference) / reference)))
+    return products, difference
 
 
 def contrast() -> None:
@@ -79,89 +200,6 @@ def contrast() -> None:
             print(f"{name:9} {row.depth:5d} {row.largest:10.4g} {row.smallest:10.4g} "
                   f"{row.log10_condition:10.3f}")  # fmt: skip
         print(f"  block_spectra({name}, 2 probes, defaults) took {default_time:.1f} s")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--maps", default="stage1,stage3")
-    parser.add_argument("--skip-cumulative", action="store_true")
-    parser.add_argument("--contrast", action="store_true", help="plain56 vs resnet56 at init")
-    parser.add_argument(
-        "--threads", type=int, default=1,
-        help="torch threads (1: on a shared 2-core machine, 2 threads that wait on each other "
-        "at every small op made the batched products 15x slower, the big baseline only 4x)",
-    )  # fmt: skip
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.contrast:
-        return contrast()
-    torch.manual_seed(0)
-    model = gf.create_model("resnet56")
-    probe = torch.randn(8, 3, 32, 32)
-    twin = calibrated_copy(model, probe)
-    x = probe[:1]
-    header = (f"{'map':8} {'method':26} {'which':9} {'seconds':>8} {'speedup':>8} {'goal':>10} "
-              f"{'max rel err':>12} {'matvecs':>8}")  # fmt: skip
-    print(header, flush=True)
-
-    def show(name, method, which, seconds, speedup, goal, error, matvecs):
-        print(f"{name:8} {method:26} {which:9} {seconds:8.2f} {speedup:8.1f} {goal:>10} "
-              f"{error:12.2e} {matvecs:8d}", flush=True)  # fmt: skip
-
-    for name in args.maps.split(","):
-        stage = {"stage1": 1, "stage3": 3}[name]
-        fn = stage_map(twin, stage)
-        exact, base_time = timed(baseline, fn, x)
-        show(name, "baseline jacfwd+svdvals", "all", base_time, 1.0, "", 0.0, x.numel())
-        zeros = int(np.sum(exact < zero_floor(exact)))
-        if zeros:
-            print(f"{'':8} ({zeros} of {len(exact)} singular values are zero to float32 "
-                  "rounding: rank-deficient; their error is relative to sigma_max)")  # fmt: skip
-        runs = [
-            ("lanczos", "largest", dict(tol=1e-2), "20x, 1e-3"),
-            ("lanczos", "smallest", dict(tol=1e-2, max_matvecs=1024), "5x, 1e-2"),
-            ("dense", "smallest", {}, "5x, 1e-2"),
-        ]
-        for method, which, options, goal in runs:
-            result, seconds = timed(
-                singular_values, fn, x, k=16, which=which, method=method, **options
-            )
-            show(name, f"gradflow {method}", which, seconds, base_time / seconds, goal,
-                 relative_error(result, exact), result.matvecs)  # fmt: skip
-    if args.skip_cumulative:
-        return
-    cumulative(twin, x)
-
-
-def cumulative(twin, x) -> None:
-    """Top-16 of J_d ... J_1 (input -> block d) at depth 27 alone vs all 27 depths, one walk."""
-    blocks = [block for _, block in twin.named_blocks()]
-    steps = [lambda z: blocks[0](twin.forward_stem(z)), *blocks[1:]]
-    options = dict(k=16, tol=1e-2)
-    cumulative_singular_values(steps, x, depths=[1], k=4)  # warm-up: first calls are slower
-    one, one_time = timed(cumulative_singular_values, steps, x, depths=[27], **options)
-    every, all_time = timed(cumulative_singular_values, steps, x, **options)
-    one_products = one[27].matvecs * 27
-    all_products = sum(result.matvecs * depth for depth, result in every.items())
-    agree = np.max(np.abs(every[27].values - one[27].values) / one[27].values)
-    unconverged = [depth for depth, result in every.items() if not result.converged]
-
-    def each_depth_alone():  # the method before the walk: one Lanczos per depth, warm-started
-        warm = None
-        for depth in range(1, 28):
-            fn = _chain(steps[:depth])
-            warm = singular_values(fn, x, method="lanczos", start=warm, **options).vectors
-
-    _, alone_time = timed(each_depth_alone)
-    print(
-        f"\ncumulative prod spectra, top-16, certified to 1e-2 (one walk over the depths):\n"
-        f"  depth 27 alone {one_time:.2f} s ({one_products} block products); all 27 depths "
-        f"{all_time:.2f} s ({all_products} block products)\n"
-        f"  time ratio {all_time / one_time:.1f}, product ratio {all_products / one_products:.1f} "
-        f"(goal <= 4); each depth solved on its own (warm-started Lanczos): {alone_time:.2f} s, "
-        f"ratio {alone_time / one_time:.1f}\n"
-        f"  depth-27 values agree to {agree:.1e}; unconverged depths: {unconverged or 'none'}"
-    )
 
 
 def _chain(steps):

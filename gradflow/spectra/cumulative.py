@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import UserInputError
 from .operators import JacobianOperator, probe_generator
-from .solvers import SpectrumResult, _orthonormal_block
+from .solvers import SpectrumResult, orthonormal_rows
 
 Step = Callable[[Tensor], Tensor]
 
@@ -69,13 +69,13 @@ class StepChain:
     def push(self, vectors: Tensor, start: int, stop: int) -> Tensor:
         """Rows of J_stop ... J_{start+1} V (forward mode, batched over rows)."""
         for operator in self.operators[start:stop]:
-            vectors = operator.matmat(vectors)
+            vectors = operator.matmat_rows(vectors)
         return vectors
 
     def pull(self, vectors: Tensor, depth: int) -> Tensor:
         """Rows of J_1^T ... J_depth^T U (reverse mode on the cached forward, batched)."""
         for operator in reversed(self.operators[:depth]):
-            vectors = operator.rmatmat(vectors)
+            vectors = operator.rmatmat_rows(vectors)
         return vectors
 
 
@@ -133,7 +133,7 @@ def cumulative_singular_values(
     generator = probe_generator(seed)
     block_size = min(block_size or max(k + k // 2 + 2, 16), columns)
     max_basis = max(max_basis or 4 * block_size, 2 * block_size)
-    basis = _orthonormal_block(
+    basis = orthonormal_rows(
         torch.randn(block_size, columns, generator=generator, dtype=dtype),
         torch.empty(0, columns, dtype=dtype),
         generator,
@@ -166,7 +166,7 @@ def cumulative_singular_values(
             if basis.shape[0] + len(pulled) > max_basis:  # thick restart: the best Ritz vectors
                 mix = weights[: max_basis - len(pulled)].to(dtype)
                 basis, images = mix @ basis, mix @ images
-            fresh = _orthonormal_block(pulled.to(dtype), basis, generator)
+            fresh = orthonormal_rows(pulled.to(dtype), basis, generator)
             basis = torch.cat([basis, fresh])
             images = torch.cat([images, chain.push(fresh, 0, depth)])
         order = torch.argsort(sigma, descending=True)

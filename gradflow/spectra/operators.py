@@ -1,25 +1,43 @@
 """The Jacobian of any tensor function at a point, as a linear operator that is never formed.
 
-``J = d fn(x) / d x`` is applied to blocks of vectors: ``J V`` by forward mode
-(``torch.func.jvp``) and ``J^T U`` by reverse mode (a cached ``torch.func.vjp``), both
-batched over the block with ``torch.func.vmap``, which on a CPU costs several times less per
-vector than one product at a time. Every product is counted, so solvers can report cost.
+``J = d fn(x) / d x`` (shape m x n) speaks scipy.sparse.linalg's vocabulary: ``shape``,
+``dtype``, ``matvec``/``rmatvec`` on vectors, ``matmat``/``rmatmat`` on columns, ``.T`` (a
+transposed view with the same vocabulary) and ``as_linear_operator()`` (a scipy
+``LinearOperator``). The native form is a block of *rows*: ``matmat_rows(V)`` maps (p, n) to
+(p, m), batched over the rows with ``torch.func.vmap``. ``J v`` comes from forward mode
+(``torch.func.jvp``; one vector at a time, from a double vjp instead where the first two
+products measured that faster: forward-mode convolutions on a CPU cost ~3x), or, where an
+operation has no forward-mode derivative, always from the vjp of the vjp
+(``route = "double_vjp"``: J v = d/du <J^T u, v>, exact since J^T u is linear in u; warned
+once). ``torch.func.linearize`` was measured too: 2x cheaper products, but its trace cost
+10 s for the resnet56 stage-1 map, more than a whole top-16 solve. ``J^T u`` is a cached
+``torch.func.vjp``. Every product is counted in ``products``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
 from ..errors import UserInputError
 
 TensorFunction = Callable[[Tensor], Tensor]
+ROUTES = ("forward", "double_vjp")
 # Probe generators are seeded with seed + this offset, so that seed=0 does not replay the
 # stream of torch.manual_seed(0) that typically drew the user's weights (correlated probes).
 SEED_OFFSET = 0x6A09E667
+TRAIN_BN_MESSAGE = (
+    "the function updates a tensor in place (BatchNorm in training mode updates its running "
+    "statistics at every call, and mixes the samples). Pass the model in eval mode "
+    "(model.eval()), or a copy calibrated on a probe batch: gf.calibrated_copy(model, x)"
+)
 
 
 def probe_generator(seed: int) -> torch.Generator:
@@ -27,12 +45,132 @@ def probe_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(SEED_OFFSET + int(seed))
 
 
-class JacobianOperator:
-    """J = d fn / d x at x (shape m x n with n = x.numel(), m = fn(x).numel()), matrix-free.
+def check_not_training_batchnorm(fn: object) -> None:
+    """UserInputError if ``fn`` (a module or its bound method) holds a train-mode BatchNorm that
+    tracks running statistics (checked before any product runs, so nothing is modified)."""
+    owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+    if not isinstance(owner, nn.Module):
+        return
+    for module in owner.modules():
+        if (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.training
+            and module.track_running_stats
+        ):
+            raise UserInputError(TRAIN_BN_MESSAGE)
 
-    Vectors are rows of 2-D tensors: ``matmat(V)`` takes V of shape (p, n) and returns
-    (J V^T)^T of shape (p, m); ``rmatmat(U)`` takes (p, m) and returns (J^T U^T)^T of shape
-    (p, n). ``products`` counts single Jacobian(-transpose)-vector products.
+
+def _is_training_batchnorm_error(err: Exception) -> bool:
+    text = str(err)
+    return (
+        ("inplace" in text.replace("-", "") and "vmap" in text)
+        or "mutate a captured Tensor" in text
+        or "Expected more than 1 value per channel when training" in text
+    )
+
+
+@contextmanager
+def composite_kernels() -> Iterator[None]:
+    """Attention by its math (composite) kernel and RNNs without mkldnn: slower fused kernels
+    aside, every operation then has derivatives of every order."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False):
+        yield
+
+
+class RowOperator:
+    """Shared vocabulary of a linear map given by its batched row products.
+
+    Subclasses define ``shape``, ``dtype``, ``matmat_rows`` ((p, n) -> (p, m)) and
+    ``rmatmat_rows`` ((p, m) -> (p, n)); everything else follows.
+    """
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+
+    def matmat_rows(self, vectors: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def rmatmat_rows(self, vectors: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def matvec(self, vector: Tensor) -> Tensor:
+        """J v: (n,) -> (m,)."""
+        return self.matmat_rows(vector.reshape(1, -1))[0]
+
+    def rmatvec(self, vector: Tensor) -> Tensor:
+        """J^T u: (m,) -> (n,)."""
+        return self.rmatmat_rows(vector.reshape(1, -1))[0]
+
+    def matmat(self, columns: Tensor) -> Tensor:
+        """J X on columns, as scipy: (n, p) -> (m, p)."""
+        return self.matmat_rows(columns.T).T
+
+    def rmatmat(self, columns: Tensor) -> Tensor:
+        """J^T Y on columns, as scipy: (m, p) -> (n, p)."""
+        return self.rmatmat_rows(columns.T).T
+
+    @property
+    def T(self) -> RowOperator:  # numpy/scipy spelling
+        return TransposedOperator(self)
+
+    def tall(self) -> RowOperator:
+        """This map if it has at least as many rows as columns, else its transpose (whose Gram
+        A^T A has exactly the min(m, n) squared singular values, no spurious zeros)."""
+        return self if self.shape[0] >= self.shape[1] else self.T
+
+    def as_linear_operator(self, dtype: type = np.float64):
+        """A ``scipy.sparse.linalg.LinearOperator`` (numpy in and out, products in
+        ``self.dtype``), for scipy's solvers (``svds``, ``lobpcg``, ...)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def through(method: Callable[[Tensor], Tensor]) -> Callable:
+            def apply(array: np.ndarray) -> np.ndarray:
+                block = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+                rows = block.reshape(1, -1) if block.ndim == 1 else block.T
+                result = method(rows.to(self.dtype)).double().numpy().astype(dtype, copy=False)
+                return result[0] if block.ndim == 1 else result.T
+
+            return apply
+
+        rows_of = through(self.matmat_rows)
+        rows_of_transpose = through(self.rmatmat_rows)
+        return LinearOperator(
+            self.shape, matvec=rows_of, rmatvec=rows_of_transpose, matmat=rows_of,
+            rmatmat=rows_of_transpose, dtype=dtype,
+        )  # fmt: skip
+
+
+class TransposedOperator(RowOperator):
+    """J^T as a view: the same products with the roles of the two sides exchanged."""
+
+    def __init__(self, operator: RowOperator) -> None:
+        self.operator = operator
+        self.shape = (operator.shape[1], operator.shape[0])
+        self.dtype = operator.dtype
+
+    @property
+    def products(self) -> int:
+        return self.operator.products
+
+    @property
+    def T(self) -> RowOperator:
+        return self.operator
+
+    def matmat_rows(self, vectors: Tensor) -> Tensor:
+        return self.operator.rmatmat_rows(vectors)
+
+    def rmatmat_rows(self, vectors: Tensor) -> Tensor:
+        return self.operator.matmat_rows(vectors)
+
+
+class JacobianOperator(RowOperator):
+    """J = d fn / d x at x (shape (m, n) with n = x.numel(), m = fn(x).numel()), matrix-free.
+
+    ``route``: how J v is computed, "forward" (linearised jvp) or "double_vjp" (when fn has an
+    operation without forward-mode AD; chosen on the first product, with one warning), or
+    None before the first J v. ``products`` counts single Jacobian(-transpose)-vector products.
     """
 
     def __init__(self, fn: TensorFunction, x: Tensor, chunk_size: int = 64) -> None:
@@ -40,10 +178,16 @@ class JacobianOperator:
             raise UserInputError("the point x must be a floating-point torch.Tensor")
         if not torch.isfinite(x).all():
             raise UserInputError("the point x contains NaN or Inf; spectra need a finite input")
+        check_not_training_batchnorm(fn)
         self.fn = fn
         self.x = x.detach()
-        with torch.no_grad():
-            output, self._vjp_fn = vjp(fn, self.x)
+        try:
+            with torch.no_grad():
+                output, self._vjp_fn = vjp(fn, self.x)
+        except (RuntimeError, ValueError) as err:
+            if _is_training_batchnorm_error(err):
+                raise UserInputError(TRAIN_BN_MESSAGE) from None
+            raise
         if not isinstance(output, Tensor) or output.dtype != x.dtype:
             raise UserInputError(
                 "fn must return one tensor of the same dtype as x "
@@ -56,67 +200,178 @@ class JacobianOperator:
         self.out_shape = tuple(output.shape)
         self.n = x.numel()
         self.m = output.numel()
+        self.shape = (self.m, self.n)
+        self.dtype = self.x.dtype
         self.chunk_size = chunk_size
         self.products = 0
+        self.route: str | None = None
+        self._tangent: Callable[[Tensor], Tensor] | None = None
+        self._vmap = True
+        self._single_timings: dict[str, float] | None = None  # jvp vs double vjp, one vector
+        self._single_tangent: Callable[[Tensor], Tensor] | None = None
+        self._single_double_vjp: Callable[[Tensor], Tensor] | None = None
+        self._composite = False  # True once the vjp was retraced with composite kernels
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.x.dtype
+    def _forward_route(self) -> Callable[[Tensor], Tensor]:
+        return lambda tangent: jvp(self.fn, (self.x,), (tangent,))[1]
 
-    def _tangent(self, tangent: Tensor) -> Tensor:
-        return jvp(self.fn, (self.x,), (tangent,))[1]
+    def _double_vjp_route(self) -> Callable[[Tensor], Tensor]:
+        """J v as the vjp of u -> J^T u (linear in u, so any base point, here 0, is exact).
 
-    def _cotangent(self, cotangent: Tensor) -> Tensor:
-        return self._vjp_fn(cotangent)[0]
+        Where a fused kernel's backward has no derivative itself (flash attention, mkldnn
+        RNNs), the inner vjp is re-traced with composite kernels (math attention, no mkldnn).
+        """
+        zero = torch.zeros(self.out_shape, dtype=self.dtype)
+        probe = torch.zeros(self.in_shape, dtype=self.dtype)
+        for composite in (False, True):
+            kernels = composite_kernels() if composite else nullcontext()
+            with kernels, torch.enable_grad():
+                _, inner = vjp(self.fn, self.x)
 
-    def matmat(self, vectors: Tensor) -> Tensor:
-        """Rows of J V: (p, n) -> (p, m), forward mode, batched."""
+            def tangent(vector: Tensor, inner=inner, composite=composite) -> Tensor:
+                with composite_kernels() if composite else nullcontext():
+                    return vjp(lambda u: inner(u)[0], zero)[1](vector)[0]
+
+            try:
+                with torch.no_grad():
+                    tangent(probe)
+                return tangent
+            except (RuntimeError, NotImplementedError):
+                if composite:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _single(self, tangent: Tensor) -> Tensor:
+        """One J v on the forward route: by jvp or by double vjp, whichever the first two
+        single products measured faster (forward-mode AD through convolutions on a CPU cost
+        3x a double vjp in bench_spectra; for an MLP it is the other way round)."""
+        if self._single_timings is None:
+            return self._tangent(tangent)
+        timings = self._single_timings
+        candidates = {"jvp": self._tangent, "double_vjp": self._single_double_vjp}
+        name = "jvp" if "jvp" not in timings else "double_vjp"
+        started = time.perf_counter()
+        try:
+            if name == "double_vjp" and self._single_double_vjp is None:
+                self._single_double_vjp = self._double_vjp_route()
+                started = time.perf_counter()
+                candidates[name] = self._single_double_vjp
+            with torch.no_grad():
+                result = candidates[name](tangent)
+        except (RuntimeError, NotImplementedError):
+            self._single_timings = None  # no double vjp here: jvp it is
+            return self._tangent(tangent)
+        timings[name] = time.perf_counter() - started
+        if len(timings) == 2:
+            fastest = min(timings, key=timings.get)
+            self._single_tangent = candidates[fastest]
+            self._single_timings = None
+        return result
+
+    def _batched(self, function: Callable[[Tensor], Tensor], batch: Tensor) -> Tensor:
+        """``function`` on every row of ``batch``: vmapped, or one at a time where an operation
+        has no batching rule (e.g. the mkldnn LSTM backward) or for a single row."""
+        try:
+            with torch.no_grad():
+                if batch.shape[0] == 1 or not self._vmap:
+                    return torch.stack([function(item) for item in batch])
+                try:
+                    return vmap(function, chunk_size=self.chunk_size)(batch)
+                except RuntimeError as err:
+                    if _is_training_batchnorm_error(err):
+                        raise
+                    self._vmap = False  # no batching rule: loop over the rows from now on
+                    return torch.stack([function(item) for item in batch])
+        except (RuntimeError, ValueError) as err:
+            if _is_training_batchnorm_error(err):
+                raise UserInputError(TRAIN_BN_MESSAGE) from None
+            raise
+
+    def _choose_route(self, tangents: Tensor) -> Tensor:
+        """The first J V: the forward route, or where it fails the double vjp (warned once)."""
+        try:
+            tangent = self._forward_route()
+            result = self._batched(tangent, tangents)
+            self.route, self._tangent = "forward", tangent
+            self._single_timings = {}
+            return result
+        except UserInputError:
+            raise
+        except (RuntimeError, NotImplementedError) as err:
+            forward_error = err
+        reason = str(forward_error).strip().splitlines()[0][:160]
+        try:
+            tangent = self._double_vjp_route()
+            result = self._batched(tangent, tangents)
+        except (RuntimeError, NotImplementedError) as err:
+            raise UserInputError(
+                f"no J v for this function: forward mode failed ({reason}) and so did the "
+                f"double vjp ({str(err).strip().splitlines()[0][:160]})"
+            ) from None
+        warnings.warn(
+            f"gradflow: J v by double vjp (reverse over reverse), since forward-mode AD "
+            f"failed: {reason}",
+            stacklevel=4,
+        )
+        self.route, self._tangent = "double_vjp", tangent
+        return result
+
+    def matmat_rows(self, vectors: Tensor) -> Tensor:
+        """Rows of J V: (p, n) -> (p, m), forward mode (or double vjp), batched."""
         count = vectors.shape[0]
         tangents = vectors.reshape(count, *self.in_shape).to(self.dtype)
-        with torch.no_grad():
-            result = vmap(self._tangent, chunk_size=self.chunk_size)(tangents)
+        if self._tangent is None:
+            result = self._choose_route(tangents)
+        elif count == 1 and self.route == "forward":
+            if self._single_tangent is not None:
+                with torch.no_grad():
+                    result = self._single_tangent(tangents[0])[None]
+            else:
+                result = self._single(tangents[0])[None]
+        else:
+            result = self._batched(self._tangent, tangents)
         self.products += count
         return result.reshape(count, self.m)
 
-    def rmatmat(self, vectors: Tensor) -> Tensor:
+    def rmatmat_rows(self, vectors: Tensor) -> Tensor:
         """Rows of J^T U: (p, m) -> (p, n), reverse mode on the cached forward, batched."""
         count = vectors.shape[0]
         cotangents = vectors.reshape(count, *self.out_shape).to(self.dtype)
-        with torch.no_grad():
-            result = vmap(self._cotangent, chunk_size=self.chunk_size)(cotangents)
+        try:
+            result = self._batched(lambda u: self._vjp_fn(u)[0], cotangents)
+        except RuntimeError:
+            if self._composite:
+                raise
+            self._composite = True  # a fused kernel's backward failed: retrace without it
+            with composite_kernels(), torch.no_grad():
+                _, self._vjp_fn = vjp(self.fn, self.x)
+            result = self._batched(lambda u: self._vjp_fn(u)[0], cotangents)
         self.products += count
         return result.reshape(count, self.n)
 
     def dense(self) -> Tensor:
         """The m x n Jacobian itself, by whichever mode needs fewer products (min(m, n))."""
         if self.n <= self.m:
-            identity = torch.eye(self.n, dtype=self.dtype)
-            return self.matmat(identity).T.contiguous()
-        identity = torch.eye(self.m, dtype=self.dtype)
-        return self.rmatmat(identity)
+            return self.matmat_rows(torch.eye(self.n, dtype=self.dtype)).T.contiguous()
+        return self.rmatmat_rows(torch.eye(self.m, dtype=self.dtype))
 
 
 class TallView:
-    """A view of J as the tall matrix A (rows >= cols): J itself, or J^T when m < n.
+    """Backwards-compatible name for ``operator.tall()`` (A = J, or J^T when m < n).
 
-    Solvers iterate on the Gram A^T A of size min(m, n), whose eigenvalues are exactly the
-    squared singular values of J (no spurious zeros from the larger side).
+    ``apply`` / ``apply_transpose`` are A's ``matmat_rows`` / ``rmatmat_rows``.
     """
 
     def __init__(self, operator: JacobianOperator) -> None:
         self.operator = operator
-        self.transposed = operator.m < operator.n
-        self.rows = max(operator.m, operator.n)
-        self.cols = min(operator.m, operator.n)
+        self.view = operator.tall()
+        self.transposed = self.view is not operator
+        self.rows, self.cols = self.view.shape
 
     def apply(self, vectors: Tensor) -> Tensor:
         """Rows of A V: (p, cols) -> (p, rows)."""
-        if self.transposed:
-            return self.operator.rmatmat(vectors)
-        return self.operator.matmat(vectors)
+        return self.view.matmat_rows(vectors)
 
     def apply_transpose(self, vectors: Tensor) -> Tensor:
         """Rows of A^T U: (p, rows) -> (p, cols)."""
-        if self.transposed:
-            return self.operator.matmat(vectors)
-        return self.operator.rmatmat(vectors)
+        return self.view.rmatmat_rows(vectors)
