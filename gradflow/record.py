@@ -32,11 +32,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserInputError, check_choice
 from .finite import NONFINITE_POLICIES, NonFiniteError, check_input, check_measurements
+from .inputs import Inputs, call_model, first_float_tensor, normalize, replace_first_float
+from .losses import resolve_loss
 from .probes import (
     DEFAULT_PROBES,
     QUANTITIES,
@@ -60,11 +61,13 @@ from .sites import (
     default_boundaries,
     default_response_layers,
     depth_ranks,
+    is_zoo,
     select_modules,
     to_wide,
     unwrap,
 )
 from .state import preserved_buffers, preserved_rng
+from .structure import NoBlocksError, Structure, structure
 
 LOSS_REDUCTIONS = ("mean", "sum")
 __all__ = [
@@ -102,6 +105,7 @@ class Recorder:
         label: str | None = None,
         on_nonfinite: str = "warn",
         loss_reduction: str = "mean",
+        structure: Structure | None = None,
     ) -> None:
         self.model = model
         self.module = unwrap(model)
@@ -123,6 +127,13 @@ class Recorder:
             points = responses
         else:
             points = default_boundaries(self.module, responses)
+        # Outside the zoo, blocks (and kind/stage/block) come from gradflow.structure: given,
+        # or discovered on the first forward pass (the root's pre-hook sees its inputs).
+        self._discover = layers is None and boundaries is None and not is_zoo(self.module)
+        self.structure = structure
+        self._blocks = block_positions(self.module)
+        if self._discover and structure is not None:
+            points = self._use_structure(structure)
         self.response_layers = responses if "response" in sites else []
         self.boundary_layers = points if "boundary" in sites else []
         self.parameter_names = (
@@ -130,7 +141,6 @@ class Recorder:
         )
         self._moments = any(p.needs_moments for p in self.probes)
         self._extrema = any(p.needs_extrema for p in self.probes)
-        self._blocks = block_positions(self.module)
         self._handles: list = []
         self._active = False
         self._response: dict[str, ResponseStats] = {}
@@ -152,13 +162,10 @@ class Recorder:
         modules = dict(self.module.named_modules())
         register = self._handles.append
         try:
-            register(self.module.register_forward_pre_hook(self._on_root_call))
+            register(self.module.register_forward_pre_hook(self._on_root_call, with_kwargs=True))
             for name in self.response_layers:
                 register(modules[name].register_forward_hook(partial(self._on_response, name)))
-            for name in self.boundary_layers:
-                module = modules[name]
-                register(module.register_forward_pre_hook(self._on_boundary_input))
-                register(module.register_forward_hook(partial(self._on_boundary, name)))
+            self._watch_boundaries(modules)
             if self.parameter_names:
                 for name, module in modules.items():
                     if any(True for _ in module.parameters(recurse=False)):
@@ -178,6 +185,20 @@ class Recorder:
         if exc_type is None and pending:
             self.step()
 
+    def _watch_boundaries(self, modules: dict[str, nn.Module]) -> None:
+        for name in self.boundary_layers:
+            module = modules[name]
+            self._handles.append(module.register_forward_pre_hook(self._on_boundary_input))
+            self._handles.append(module.register_forward_hook(partial(self._on_boundary, name)))
+
+    def _use_structure(self, found: Structure) -> list[str]:
+        """Boundaries and positions from a Structure (blocks that are paths of the model)."""
+        modules = dict(self.module.named_modules())
+        points = [b.path for b in found.blocks if b.path in modules]
+        self._blocks = {k: v for k, v in found.positions().items() if k in modules}
+        self.structure, self._discover = found, False
+        return points
+
     def _detach(self) -> None:
         self._active = False
         while self._handles:
@@ -195,10 +216,30 @@ class Recorder:
         return [module._parameters[attr] for module, attr in self._owners]
 
     # ----- hooks --------------------------------------------------------------------
-    def _on_root_call(self, module: nn.Module, args) -> None:
+    def _on_root_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._discover:
+            self._discover_structure(args, kwargs)
         self._batch_seen = True
         self._calls.clear()
         self._stem_pending = True
+
+    def _discover_structure(self, args: tuple, kwargs: dict) -> None:
+        """Blocks of a non-zoo model from its first forward call (static fallback if unsure)."""
+        from .structure import structure
+
+        self._discover = False
+        if args and kwargs:
+            return  # mixed positional and keyword inputs: keep the container boundaries
+        inputs = dict(kwargs) if kwargs else (args[0] if len(args) == 1 else tuple(args))
+        try:
+            found = structure(self.module, inputs)
+        except (UserInputError, RuntimeError):
+            return
+        if "boundary" in {probe.site for probe in self.probes}:
+            self.boundary_layers = self._use_structure(found)
+            self._watch_boundaries(dict(self.module.named_modules()))
+        else:
+            self._use_structure(found)
 
     def _key(self, site: str, name: str) -> str:
         calls = self._calls.get((site, name), 0) + 1
@@ -357,27 +398,11 @@ def _to_numpy(tensors: list[Tensor]) -> np.ndarray:
     return flat.cpu().numpy().astype(np.float64)
 
 
-def _default_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy for integer class targets, MSE for float targets of the output's shape."""
-    if not isinstance(output, Tensor):
-        raise UserInputError(
-            f"the model returned {type(output).__name__}, not a tensor: pass loss_fn=..."
-        )
-    if not target.is_floating_point() and not target.is_complex():
-        return F.cross_entropy(output, target)
-    if target.shape == output.shape:
-        return F.mse_loss(output, target)
-    raise UserInputError(
-        f"no default loss for output {tuple(output.shape)} and float targets "
-        f"{tuple(target.shape)}: pass loss_fn=lambda output, y: ... returning a scalar"
-    )
-
-
 def record(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     y: Tensor | None = None,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    loss_fn: Callable | str | None = None,
     *,
     probes: Sequence[str | Probe] | str | None = None,
     layers: LayerSpec | None = None,
@@ -390,17 +415,28 @@ def record(
 
     Runs in the model's current mode (train mode: BN uses batch statistics, as in training),
     then restores BN running statistics, the global RNG state and leaves ``.grad`` alone
-    (parameter gradients come from ``torch.autograd.grad``). Loss: ``loss_fn(output, y)``, else
-    cross-entropy for integer targets, MSE for float targets shaped like the output. Without
-    y and loss_fn only forward quantities are recorded (no loss is made up from the output).
+    (parameter gradients come from ``torch.autograd.grad``). ``x``: a tensor, a tuple of
+    positional arguments or a dict of keyword arguments. Loss: ``loss_fn(output, y)`` (a
+    callable or a name of ``gradflow.losses.LOSSES``), else ``gradflow.losses.default_loss``
+    (cross-entropy, language-model loss, MSE by output and target type). Without y and
+    loss_fn only forward quantities are recorded (no loss is made up from the output).
+    Outside the zoo the blocks come from ``gradflow.structure`` (found before the pass).
     Default probes: all but ``update_ratio`` (a single pass has no update).
     """
     if probes is None:
         probes = [name for name in DEFAULT_PROBES if name != UPDATE_RATIO]
-    check_input(x, on_nonfinite)
+    x = normalize(x)
+    check_input(first_float_tensor(x), on_nonfinite)
     module = unwrap(model)
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     backward = y is not None or loss_fn is not None
+    loss_of = resolve_loss(loss_fn)
+    found = None
+    if layers is None and boundaries is None and not is_zoo(module):
+        try:
+            found = structure(module, x)  # also checks that the forward accepts x
+        except NoBlocksError:
+            found = None  # the container boundaries of gradflow.sites
     recorder = Recorder(
         model,
         probes,
@@ -409,18 +445,21 @@ def record(
         label=label,
         on_nonfinite=on_nonfinite,
         loss_reduction=loss_reduction,
+        structure=found,
     )
     with preserved_rng(), preserved_buffers(module), torch.set_grad_enabled(backward), recorder:
-        inputs = x
-        if backward and isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad:
-            inputs = x.detach().requires_grad_(True)  # so the input of a first block has dL/dz
-        output = model(inputs)
+        inputs, first = x, first_float_tensor(x)
+        if backward and first is not None and not first.requires_grad:
+            first = first.detach().requires_grad_(True)  # so the first block's input has dL/dz
+            inputs = replace_first_float(x, first)
+        output = call_model(model, inputs)
         recorder._grads_override = {}  # never read the user's .grad (or write it)
         if backward:
-            loss = loss_fn(output, y) if loss_fn is not None else _default_loss(output, y)
+            loss = loss_of(output, y)
             if not isinstance(loss, Tensor) or loss.numel() != 1:
                 raise UserInputError("loss_fn must return a scalar tensor")
-            sources = [p for _, p in named] + ([inputs] if inputs.requires_grad else [])
+            extra = [first] if first is not None and first.requires_grad else []
+            sources = [p for _, p in named] + extra
             if loss.requires_grad and sources:
                 grads = torch.autograd.grad(loss, sources, allow_unused=True)
                 recorder._grads_override = {

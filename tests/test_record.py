@@ -45,7 +45,10 @@ def test_frame_schema_and_dtypes():
     assert (frame.model == "tiny").all() and (frame.step == 0).all()
     assert frame.stage.dtype == "Int64" and frame.block.dtype == "Int64"
     assert frame.value.dtype == np.float64 and frame.depth.dtype == np.int64
-    assert set(frame.kind) == {"other"} and frame.stage.isna().all()
+    # a Sequential of Linear/BN/ReLU/Linear: its four children are the (plain) blocks, stage 1
+    inside = frame[frame.layer != "stem"]  # the stem boundary lies outside every block
+    assert set(inside.kind) == {"plain"} and (inside.stage == 1).all()
+    assert set(frame[frame.layer == "stem"].kind) == {"other"}
     assert Recorder(model).frame(wide=True).empty
     wide = to_wide(frame)
     # one row per layer and site: layer "1" is a response layer (depth 1) and a boundary
@@ -265,8 +268,9 @@ def test_reused_module_is_reported_once_per_call():
     expected = [first.std(correction=0).item(), second.std(correction=0).item()]
     np.testing.assert_allclose(responses.value, expected, rtol=RTOL)
     boundary = frame[frame.quantity == "activation_grad_norm"]
-    assert list(boundary.layer) == ["stem", "block.0", "block.1", "block.0@2", "block.1@2"]
-    assert list(boundary.depth) == [0, 1, 2, 3, 4]
+    # no repeating container: the model's children are the blocks (block runs twice)
+    assert list(boundary.layer) == ["stem", "block", "block@2", "head"]
+    assert list(boundary.depth) == [0, 1, 2, 3]
 
 
 def test_inplace_relu_gradients_are_of_the_values_each_layer_produced():

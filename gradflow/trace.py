@@ -1,0 +1,149 @@
+"""One forward pass recorded at chosen modules: their real arguments, inputs and outputs.
+
+``capture(model, inputs, modules)`` runs the model once with temporary hooks (with kwargs) and
+keeps, for the first call of each module, its positional and keyword arguments, the slot of
+its input (the first floating-point tensor argument) and its first floating-point output.
+``rebind(module, call)`` is then z -> that output with the input slot replaced by z and every
+other argument (attention masks, skip tensors, position ids) as recorded: the function whose
+Jacobian is the block's. ``stop`` ends the forward early (``Stop`` carries the value out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from .inputs import Inputs, call_model
+from .losses import output_tensors
+
+
+class Stop(Exception):
+    """Raised by a hook to end a forward pass early, carrying the value it wanted."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("forward stopped by gradflow")
+        self.value = value
+
+
+def first_float(value: Any) -> Tensor | None:
+    """The first floating-point tensor of a module output (tensor, tuple, dict, ModelOutput)."""
+    return next((t for t in output_tensors(value) if t.is_floating_point()), None)
+
+
+@dataclass
+class Call:
+    """One recorded module call: arguments, the input's slot, the input and first output."""
+
+    args: tuple
+    kwargs: dict
+    slot: tuple[str, int | str]
+    input: Tensor
+    output: Tensor | None = None
+
+
+@dataclass
+class Trace:
+    """Recorded calls of the chosen modules, in the order the modules were given."""
+
+    calls: list[Call]
+
+    @property
+    def inputs(self) -> list[Tensor]:
+        return [call.input for call in self.calls]
+
+
+def _slot(args: tuple, kwargs: dict) -> tuple[tuple[str, int | str], Tensor] | None:
+    for i, value in enumerate(args):
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return ("arg", i), value
+    for key, value in kwargs.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return ("kw", key), value
+    return None
+
+
+def capture(
+    model: nn.Module,
+    inputs: Inputs,
+    modules: Sequence[nn.Module],
+    *,
+    complete: bool = False,
+    stop: str | None = "input",
+    replace: tuple[nn.Module, Tensor] | None = None,
+) -> Trace:
+    """Record the first call of each module in one forward pass of ``model`` on ``inputs``.
+
+    With ``complete=False`` the pass stops at the last module (``stop="input"``: before it
+    runs, ``"output"``: after). ``replace=(module, z)`` substitutes z for that module's input.
+    Raises a RuntimeError naming the modules the forward pass never called.
+    """
+    calls: dict[int, Call] = {}
+    last = len(modules) - 1
+
+    def before(i: int, module: nn.Module, args: tuple, kwargs: dict):
+        if i in calls:
+            return None
+        found = _slot(args, kwargs)
+        if found is None:
+            raise RuntimeError(f"{type(module).__name__} received no floating-point tensor")
+        slot, value = found
+        changed = None
+        if replace is not None and replace[0] is module:
+            value = replace[1]
+            args, kwargs = _put(args, kwargs, slot, value)
+            changed = (args, kwargs)
+        calls[i] = Call(args, kwargs, slot, value)
+        if not complete and i == last and stop == "input":
+            raise Stop(Trace([calls[j] for j in range(len(modules))]))
+        return changed
+
+    def after(i: int, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        call = calls.get(i)
+        if call is not None and call.output is None:
+            call.output = first_float(output)
+            if not complete and i == last:
+                raise Stop(Trace([calls[j] for j in range(len(modules))]))
+
+    handles = []
+    try:
+        for i, module in enumerate(modules):
+            pre = _bind(before, i)
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(_bind(after, i), with_kwargs=True))
+        call_model(model, inputs)
+    except Stop as stopped:
+        return stopped.value
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [i for i in range(len(modules)) if i not in calls]
+    if missing:
+        names = ", ".join(type(modules[i]).__name__ for i in missing[:3])
+        raise RuntimeError(f"the forward pass never called block(s) {missing} ({names})")
+    return Trace([calls[i] for i in range(len(modules))])
+
+
+def _bind(hook: Callable, i: int) -> Callable:
+    return lambda *args: hook(i, *args)
+
+
+def _put(args: tuple, kwargs: dict, slot: tuple[str, int | str], value: Tensor):
+    where, key = slot
+    if where == "arg":
+        args = (*args[:key], value, *args[key + 1 :])
+    else:
+        kwargs = {**kwargs, key: value}
+    return args, kwargs
+
+
+def rebind(module: nn.Module, call: Call) -> Callable[[Tensor], Tensor]:
+    """z -> first floating-point output of ``module`` with z in the recorded input slot."""
+
+    def block(z: Tensor) -> Tensor:
+        args, kwargs = _put(call.args, call.kwargs, call.slot, z)
+        return first_float(module(*args, **kwargs))
+
+    return block
