@@ -38,7 +38,7 @@ def test_a_users_folder_is_refused_even_with_force(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
-    with pytest.raises(UserInputError, match="did not write.*even with --force"):
+    with pytest.raises(UserInputError, match=r"did not write.*even with --force"):
         outdir.check_target(mine, "analysis-report", force=True)
     assert (mine / "thesis.tex").read_text() == "years of work"
 
