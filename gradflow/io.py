@@ -10,13 +10,18 @@ from pathlib import Path
 
 import pandas as pd
 
+# Temporaries are named ``.<target>.gradflow-<random>.tmp``: only such files are ever removed.
+TEMP_INFIX = ".gradflow-"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}{TEMP_INFIX}", suffix=".tmp", dir=target.parent
+    )
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
@@ -28,11 +33,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete the ``.<name>.<random>.tmp`` files that ``atomic_path`` leaves in ``directory``
-    when its process is killed mid-write (SIGKILL skips the cleanup). Only the process that
-    owns the directory may call this, before it writes there again."""
+    """Delete the ``.<name>.gradflow-<random>.tmp`` files that ``atomic_path`` leaves in
+    ``directory`` when its process is killed mid-write (SIGKILL skips the cleanup); other
+    ``.tmp`` files (the user's) are never touched. Only the process that owns the directory
+    may call this, before it writes there again."""
     removed = []
-    for stale in Path(directory).glob(".*.tmp"):
+    for stale in Path(directory).glob(f".*{TEMP_INFIX}*.tmp"):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
             removed.append(stale)
