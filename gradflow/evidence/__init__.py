@@ -8,7 +8,7 @@
 """
 
 from .blocks import BlockSpec, resolve_blocks
-from .lesion import Lesioned, error_percent, lesion_study
+from .lesion import Lesioned, Lesions, error_percent, lesion_study, lesioned_model
 from .shattered import shattered_gradients, shattering_summary
 from .signal import SIGNAL_QUANTITIES, signal_propagation
 
@@ -16,8 +16,10 @@ __all__ = [
     "SIGNAL_QUANTITIES",
     "BlockSpec",
     "Lesioned",
+    "Lesions",
     "error_percent",
     "lesion_study",
+    "lesioned_model",
     "resolve_blocks",
     "shattered_gradients",
     "shattering_summary",

@@ -10,8 +10,9 @@ its running statistics); the user's model is never changed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -99,6 +100,52 @@ def error_percent(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500)
     return 100.0 * wrong / len(x)
 
 
+class Lesions:
+    """A private eval-mode copy of ``model`` whose removable blocks can be swapped out.
+
+    ``removable``: the blocks that can be removed (module docstring); ``removed(names)``: a
+    context manager in which the copy runs with those blocks removed (restored on exit).
+    ``x`` is one batch of inputs, used once to check each block's decomposition and shapes.
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, blocks: object = None) -> None:
+        with preserved_rng():
+            self.model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.specs = _twin_specs(model, self.model, blocks)
+            self.replacements = _removals(self.model, self.specs, as_batch(x))
+        self.removable = [s for s in self.specs if s.name in self.replacements]
+
+    def spec(self, name: str) -> BlockSpec:
+        for spec in self.removable:
+            if spec.name == name:
+                return spec
+        names = ", ".join(s.name for s in self.removable) or "none"
+        raise UserInputError(f"block {name!r} cannot be removed; removable blocks: {names}")
+
+    @contextlib.contextmanager
+    def removed(self, names: Sequence[str]) -> Iterator[nn.Module]:
+        specs = [self.spec(name) for name in names]
+        try:
+            for spec in specs:
+                _swap(self.model, spec.name, self.replacements[spec.name])
+            yield self.model
+        finally:
+            for spec in specs:
+                _swap(self.model, spec.name, spec.module)
+
+
+def lesioned_model(
+    model: nn.Module, remove: Sequence[str], inputs: Tensor, *, blocks: object = None
+) -> nn.Module:
+    """An eval-mode copy of ``model`` with the blocks at paths ``remove`` removed (module
+    docstring); ``inputs``: a batch to check the blocks on. The model is untouched."""
+    lesions = Lesions(model, inputs, blocks)
+    specs = [lesions.spec(name) for name in remove]
+    for spec in specs:
+        _swap(lesions.model, spec.name, lesions.replacements[spec.name])
+    return lesions.model
+
+
 def lesion_study(
     model: nn.Module,
     inputs: Tensor,
@@ -122,27 +169,19 @@ def lesion_study(
     x, label = as_batch(inputs), label or type(model).__name__
     if len(targets) != len(x):
         raise UserInputError(f"{len(x)} inputs but {len(targets)} targets")
-    with preserved_rng():
-        twin = copy.deepcopy(model).eval().requires_grad_(False)
-        specs = _twin_specs(model, twin, blocks)
-        replacements = _removals(twin, specs, x[:batch_size])
-    removable = [s for s in specs if s.name in replacements]
+    lesions = Lesions(model, x[:batch_size], blocks)
+    removable = lesions.removable
     too_many = [k for k in ks if not 1 <= k <= len(removable)]
     if too_many:
         raise UserInputError(f"ks={too_many}: the model has {len(removable)} removable blocks")
     rng = np.random.default_rng(seed)
-    lesions = [(0, 0, [])] + [(1, 0, [s]) for s in removable]
-    lesions += [(k, d, [removable[i] for i in sorted(rng.choice(len(removable), k, False))])
-                for k in ks for d in range(draws)]  # fmt: skip
+    plan = [(0, 0, [])] + [(1, 0, [s]) for s in removable]
+    plan += [(k, d, [removable[i] for i in sorted(rng.choice(len(removable), k, False))])
+             for k in ks for d in range(draws)]  # fmt: skip
     rows = []
-    for k, draw, removed in lesions:
-        try:  # swap the removed blocks out of the private copy, and back in afterwards
-            for spec in removed:
-                _swap(twin, spec.name, replacements[spec.name])
-            error = error_percent(twin, x, targets, batch_size)
-        finally:
-            for spec in removed:
-                _swap(twin, spec.name, spec.module)
+    for k, draw, removed in plan:
+        with lesions.removed([s.name for s in removed]) as lesioned:
+            error = error_percent(lesioned, x, targets, batch_size)
         rows.append(_lesion_row(label, k, draw, removed, error))
         if progress is not None:
             progress(f"{label}: k={k} {';'.join(s.name for s in removed) or 'intact'}")
