@@ -11,6 +11,13 @@ from . import testing
 from .analyze import AnalysisResult, analyze
 from .data import DATASETS, ImageDataset, load_dataset, train_val_split
 from .errors import UserInputError
+from .evidence import (
+    lesion_study,
+    lesioned_model,
+    shattered_gradients,
+    shattering_summary,
+    signal_propagation,
+)
 from .models import (
     count_macs,
     count_parameters,
@@ -58,12 +65,17 @@ __all__ = [
     "cumulative_singular_values",
     "frobenius_norm",
     "get_model_info",
+    "lesion_study",
+    "lesioned_model",
     "list_models",
     "load_dataset",
     "preserved_buffers",
     "preserved_rng",
     "record",
     "register",
+    "shattered_gradients",
+    "shattering_summary",
+    "signal_propagation",
     "singular_values",
     "spectral_density",
     "summarize_spectra",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..report import BOUNDARY_LABEL, paper_style
+from ..report import paper_style
 
 SIGNAL_PANELS = (
     ("channel_variance", "average channel variance"),
@@ -20,19 +20,27 @@ SIGNAL_PANELS = (
 )
 
 
+def _palette(frame: pd.DataFrame) -> dict:
+    """One colour per model, the same in every panel (panels may lack some models)."""
+    models = list(dict.fromkeys(frame.model))
+    return dict(zip(models, sns.color_palette(n_colors=len(models)), strict=True))
+
+
 def signal_propagation_figure(frame: pd.DataFrame) -> plt.Figure:
     """Signal propagation plot: the four quantities of ``signal_propagation`` vs depth."""
     paper_style()
     panels = [(q, title) for q, title in SIGNAL_PANELS if q in set(frame.quantity)]
+    colours = _palette(frame)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for ax, (quantity, title) in zip(axes[0], panels, strict=True):
         data = frame[frame.quantity == quantity]
-        sns.lineplot(data=data, x="depth", y="value", hue="model", marker="o", markersize=3,
-                     ax=ax, legend=ax is axes[0][0])  # fmt: skip
+        sns.lineplot(data=data, x="depth", y="value", hue="model", palette=colours, marker="o",
+                     markersize=3, ax=ax, legend=ax is axes[0][0])  # fmt: skip
         if quantity != "shortcut_grad_share" and (data.value > 0).all():
             ax.set_yscale("log")
         ax.set_title(title)
-        ax.set_xlabel(BOUNDARY_LABEL if quantity.startswith("channel") else "residual block k")
+        ax.set_xlabel("block boundary k (0: input of block 1)" if quantity.startswith("channel")
+                      else "residual block k")  # fmt: skip
         ax.set_ylabel("")
     fig.tight_layout()
     return fig
@@ -67,8 +75,7 @@ def lesion_figure(frame: pd.DataFrame, chance: float | None = 90.0) -> plt.Figur
     paper_style()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.0))
     single = frame[frame.k == 1].astype({"depth": float})
-    models = list(dict.fromkeys(frame.model))
-    colours = dict(zip(models, sns.color_palette(n_colors=len(models)), strict=True))
+    colours = _palette(frame)
     sns.lineplot(data=single, x="depth", y="error", hue="model", palette=colours, marker="o",
                  markersize=4, ax=left)  # fmt: skip
     for model, error in frame[frame.k == 0].set_index("model").error.items():
