@@ -19,6 +19,8 @@ EXPERIMENTS = (
     "fig6_cifar_depth",
     "fig7_response_std",
     "jacobian_spectra",
+    "lesion_study",
+    "shattered_gradients",
     "zero_gamma_ablation",
 )
 
