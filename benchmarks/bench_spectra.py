@@ -124,7 +124,7 @@ def main() -> None:
     singular_values(stage_map(twin, 1), x, k=2, method="lanczos", tol=1e-2)  # warm-up
     print(f"{'map':7} {'solver':30} {'seconds':>8} {'x best':>7} {'products':>8} "
           f"{'max rel err':>11} {'bound':>8}", flush=True)  # fmt: skip
-    for name in args.maps.split(","):
+    for name in filter(None, args.maps.split(",")):
         compare_solvers(name, stage_map(twin, {"stage1": 1, "stage3": 3}[name]), x, args)
     if not args.skip_walk:
         walk(twin, x, args.walk_depths)
