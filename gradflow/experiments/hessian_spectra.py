@@ -91,6 +91,16 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _resolution(table: pd.DataFrame, a: str, b: str, column: str, error: str) -> str:
+    """A sentence when two values differ by less than twice their combined error."""
+    gap = abs(table.at[a, column] - table.at[b, column])
+    spread = (table.at[a, error] ** 2 + table.at[b, error] ** 2) ** 0.5
+    if gap >= 2 * spread:
+        return ""
+    return (f" The difference ({gap:.3g}) is within twice the combined error ({spread:.3g}) of "
+            f"the {column} values: this measurement does not resolve it.")  # fmt: skip
+
+
 def comparisons(summary: pd.DataFrame) -> list[str]:
     """Residual vs plain at the same depth and step, from the measured numbers."""
     out = []
@@ -104,9 +114,11 @@ def comparisons(summary: pd.DataFrame) -> list[str]:
             out += [
                 compare_rows(table, residual, plain, "top_eigenvalue", verb=f"has {when}",
                              unit="", expected="lower", paper=LITERATURE,
-                             quantity="top Hessian eigenvalue"),
+                             quantity="top Hessian eigenvalue")
+                + _resolution(table, residual, plain, "top_eigenvalue", "top_bound"),
                 compare_rows(table, residual, plain, "trace", verb=f"has {when}", unit="",
-                             expected="lower", paper=LITERATURE, quantity="Hessian trace"),
+                             expected="lower", paper=LITERATURE, quantity="Hessian trace")
+                + _resolution(table, residual, plain, "trace", "trace_se"),
                 compare_rows(table, residual, plain, "outliers_slq", verb=f"has {when}",
                              unit="", expected="lower", paper=OUTLIERS, source="expectation",
                              quantity="SLQ estimate of the number of eigenvalues above a "
