@@ -43,17 +43,22 @@ def hessian_figure(frame: pd.DataFrame) -> plt.Figure:
 
 def hessian_density_figure(frame: pd.DataFrame, block: str = "all") -> plt.Figure:
     """SLQ density of the eigenvalues of ``block`` (default the whole parameter vector), on
-    a log density axis as in Ghorbani et al. 2019 and PyHessian, one line per model."""
+    a log density axis as in Ghorbani et al. 2019 and PyHessian: one panel per model (each
+    with its own eigenvalue range: plain and residual nets differ by orders of magnitude)."""
     paper_style()
     data = frame[(frame["quantity"] == "density") & (frame["block"] == block)].copy()
-    floor = 1e-12 * max(float(data["value"].max()), 1e-300) if not data.empty else 1e-12
-    data["value"] = np.maximum(data["value"].astype(float), floor)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    if not data.empty:
-        sns.lineplot(data=data, x="grid", y="value", hue="model", style=_style(data), ax=ax)
-        ax.set_yscale("log")
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density (SLQ, Gaussian-broadened)")
-    ax.set_title(f"Hessian spectral density ({'whole network' if block == 'all' else block})")
+    models = list(dict.fromkeys(data["model"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        part = data[data["model"] == model]
+        if not part.empty:
+            floor = 1e-12 * float(part["value"].max())
+            part = part.assign(value=np.maximum(part["value"].astype(float), floor))
+            sns.lineplot(data=part, x="grid", y="value", style=_style(part), ax=ax)
+            ax.set_yscale("log")
+        ax.set_title(model)
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density (SLQ, broadened)")
+    fig.suptitle(f"Hessian spectral density ({'whole network' if block == 'all' else block})")
     fig.tight_layout()
     return fig
