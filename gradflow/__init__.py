@@ -45,6 +45,7 @@ _EXPORTS = {
     "calibrated_copy": "spectra",
     "cumulative_singular_values": "spectra",
     "frobenius_norm": "spectra",
+    "hessian_spectra": "spectra",
     "singular_values": "spectra",
     "spectral_density": "spectra",
     "summarize_spectra": "spectra",
