@@ -31,6 +31,7 @@ from .spectra import (
     summarize_spectra,
 )
 from .state import ModelState, preserved_buffers, preserved_rng
+from .structure import structure  # the function (gradflow.structure the module stays importable)
 from .train import TrainConfig, TrainResult  # train() stays gradflow.train.train
 
 __version__ = "0.1.0"
@@ -66,6 +67,7 @@ __all__ = [
     "register",
     "singular_values",
     "spectral_density",
+    "structure",
     "summarize_spectra",
     "testing",
     "to_wide",

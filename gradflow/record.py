@@ -68,6 +68,7 @@ from .sites import (
 )
 from .state import preserved_buffers, preserved_rng
 from .structure import NoBlocksError, Structure, structure
+from .trace import first_float
 
 LOSS_REDUCTIONS = ("mean", "sum")
 __all__ = [
@@ -273,6 +274,8 @@ class Recorder:
                 self._watch_gradient(STEM, args[0])
 
     def _on_boundary(self, name: str, module: nn.Module, args, output) -> None:
+        if not isinstance(output, Tensor):  # (output, state) of an RNN, an HF ModelOutput
+            output = first_float(output)
         if isinstance(output, Tensor) and output.requires_grad:
             self._watch_gradient(self._key("boundary", name), output)
 
