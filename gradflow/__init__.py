@@ -49,6 +49,7 @@ _EXPORTS = {
     "singular_values": "spectra",
     "spectral_density": "spectra",
     "summarize_spectra": "spectra",
+    "structure": "structure",
     "ModelState": "state",
     "preserved_buffers": "state",
     "preserved_rng": "state",
@@ -88,7 +89,7 @@ class _Package(types.ModuleType):
         super().__setattr__(name, value)
 
 
-_SHADOWED = ("analyze", "record")
+_SHADOWED = ("analyze", "record", "structure")
 sys.modules[__name__].__class__ = _Package
 
 
@@ -129,6 +130,7 @@ __all__ = [
     "singular_values",
     "spectral_density",
     "summaries",
+    "structure",
     "summarize_spectra",
     "testing",
     "to_wide",
