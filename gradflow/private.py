@@ -46,8 +46,13 @@ def private_copy(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def math_kernels() -> Iterator[str]:
-    """Fused kernels without forward-mode AD replaced by their math implementations."""
+def math_kernels(model: nn.Module | None = None) -> Iterator[str]:
+    """Fused kernels without forward-mode AD replaced by their math implementations.
+
+    mkldnn is switched off only for a model with RNN modules (or ``model=None``): its
+    convolutions are the fast CPU path and have forward-mode AD.
+    """
+    rnn = model is None or any(isinstance(m, nn.RNNBase) for m in model.modules())
     with contextlib.ExitStack() as stack:
         mha = getattr(torch.backends, "mha", None)
         if mha is not None and hasattr(mha, "set_fastpath_enabled"):
@@ -60,7 +65,8 @@ def math_kernels() -> Iterator[str]:
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         except ImportError:  # older torch: no SDPA backend selection
             pass
-        was_mkldnn = torch._C._get_mkldnn_enabled()  # flags() also warns about TF32
-        torch._C._set_mkldnn_enabled(False)
-        stack.callback(torch._C._set_mkldnn_enabled, was_mkldnn)
-        yield ROUTE
+        if rnn:
+            was_mkldnn = torch._C._get_mkldnn_enabled()  # flags() also warns about TF32
+            torch._C._set_mkldnn_enabled(False)
+            stack.callback(torch._C._set_mkldnn_enabled, was_mkldnn)
+        yield ROUTE if rnn else ROUTE.replace(", mkldnn off", "")

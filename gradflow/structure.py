@@ -179,7 +179,7 @@ def structure(
 def build(twin: nn.Module, inputs: Inputs, *, blocks=None, stem=None) -> Structure:
     """``structure`` on a private copy that is used as it is (no copy, mode unchanged)."""
     named, source = _sources(twin, blocks)
-    with preserved_rng(), math_kernels():
+    with preserved_rng(), math_kernels(twin):
         order = _call_order(twin, inputs)
         if source == "discovered":
             named = _discover(twin, order)
@@ -320,7 +320,7 @@ def _infos(twin, named, source, trace: Trace) -> list[BlockInfo]:
     infos = []
     for i, (path, module) in enumerate(named):
         call = trace.calls[i]
-        if source == "named_blocks" and hasattr(module, "kind"):
+        if hasattr(module, "kind") and callable(getattr(module, "branch", None)):
             residual, branch = _zoo_residual(module), getattr(module, "branch", None)
             stage, index = getattr(module, "stage", None), getattr(module, "index", None)
             branch = branch if module.kind == "residual" else None

@@ -90,15 +90,14 @@ def capture(
         if found is None:
             raise RuntimeError(f"{type(module).__name__} received no floating-point tensor")
         slot, value = found
-        changed = None
-        if replace is not None and replace[0] is module:
-            value = replace[1]
-            args, kwargs = _put(args, kwargs, slot, value)
-            changed = (args, kwargs)
         calls[i] = Call(args, kwargs, slot, value)
         if not complete and i == last and stop == "input":
             raise Stop(Trace([calls[j] for j in range(len(modules))]))
-        return changed
+        return None
+
+    def substitute(module: nn.Module, args: tuple, kwargs: dict):
+        found = _slot(args, kwargs)
+        return None if found is None else _put(args, kwargs, found[0], replace[1])
 
     def after(i: int, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         call = calls.get(i)
@@ -109,6 +108,9 @@ def capture(
 
     handles = []
     try:
+        if replace is not None:  # registered first: the recording hooks see the substitute
+            hook = replace[0].register_forward_pre_hook(substitute, with_kwargs=True)
+            handles.append(hook)
         for i, module in enumerate(modules):
             pre = _bind(before, i)
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,20 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserInputError
+from ..inputs import (
+    Inputs,
+    batch_size,
+    call_model,
+    detach,
+    first_float_tensor,
+    normalize,
+    replace_first_float,
+    select_samples,
+)
+from ..private import math_kernels, private_copy, strip_hooks
+from ..state import preserved_rng
+from ..structure import Structure, build
+from ..trace import capture
 from .cumulative import cumulative_singular_values
 from .density import frobenius_norm
 from .solvers import singular_values
@@ -45,25 +60,22 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def calibrated_copy(model: nn.Module, x: Tensor) -> nn.Module:
-    """A deep copy of ``model`` in eval mode whose BN running statistics are the cumulative
+def calibrated_copy(model: nn.Module, x: Inputs) -> nn.Module:
+    """A private copy of ``model`` in eval mode whose BN running statistics are the cumulative
     average over the batch ``x`` (reset, momentum=None, one train-mode forward, no grad).
 
-    The user's model, its flags and the global RNG are untouched; the copy has
-    ``requires_grad=False`` everywhere (Jacobians w.r.t. inputs only).
+    The user's model, its flags and the global RNG are untouched; the copy carries none of
+    the user's hooks and has ``requires_grad=False`` everywhere (Jacobians w.r.t. inputs only).
     """
-    rng_state = torch.get_rng_state()
-    try:
-        return _prepare(copy.deepcopy(model), x, "calibrate")
-    finally:
-        torch.set_rng_state(rng_state)
+    with preserved_rng(), math_kernels(model):
+        return _prepare(private_copy(model), detach(normalize(x)), "calibrate")
 
 
 def _batch_norms(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def _prepare(twin: nn.Module, x: Tensor, bn: str) -> nn.Module:
+def _prepare(twin: nn.Module, x: Inputs, bn: str) -> nn.Module:
     """Put a private copy in the requested BN mode (see the module docstring), no grads."""
     twin.requires_grad_(False)
     if bn == "calibrate":
@@ -74,7 +86,7 @@ def _prepare(twin: nn.Module, x: Tensor, bn: str) -> nn.Module:
         if norms:
             twin.train()
             with torch.no_grad():
-                twin(x)
+                call_model(twin, x)
     if bn == "train":
         for norm in _batch_norms(twin):  # batch statistics only: no in-place updates under vmap
             norm.track_running_stats = False
@@ -83,14 +95,14 @@ def _prepare(twin: nn.Module, x: Tensor, bn: str) -> nn.Module:
     return twin.eval()
 
 
-def _zoo_structure(model: nn.Module) -> tuple[Callable, list[tuple[str, nn.Module]]]:
-    if hasattr(model, "named_blocks") and hasattr(model, "forward_stem"):
-        return model.forward_stem, list(model.named_blocks())
-    raise UserInputError(
-        f"{type(model).__name__} is not a gradflow zoo model: pass blocks=[(name, module), ...] "
-        "(the blocks applied in sequence) and, if the input needs one, stem=<module or method "
-        "of the model> that maps the input to the first block's input"
-    )
+def _private_structure(model, x: Inputs, bn: str, blocks, stem) -> Structure:
+    """The prepared private copy (hooks stripped, BN mode ``bn``) and its structure on x."""
+    with preserved_rng():
+        twin, blocks, stem = copy.deepcopy((model, None if blocks is None else list(blocks), stem))
+    strip_hooks(twin)
+    with preserved_rng(), math_kernels(twin):
+        _prepare(twin, x, bn)
+        return build(twin, x, blocks=blocks, stem=stem)
 
 
 def _resolve_depths(depths: str | Sequence[int], blocks: list[tuple[str, nn.Module]]) -> list[int]:
@@ -107,13 +119,6 @@ def _resolve_depths(depths: str | Sequence[int], blocks: list[tuple[str, nn.Modu
     return chosen
 
 
-def _operators(block: nn.Module) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
-    """(operator name, function of the block input) for one block."""
-    if getattr(block, "kind", "plain") == "residual" and hasattr(block, "branch"):
-        return [("I+J_F", block), ("J_F", block.branch)]
-    return [("J_H", block)]
-
-
 def _sequence(stem: Callable | None, modules: list[nn.Module]) -> Callable[[Tensor], Tensor]:
     def forward(z: Tensor) -> Tensor:
         if stem is not None:
@@ -125,9 +130,69 @@ def _sequence(stem: Callable | None, modules: list[nn.Module]) -> Callable[[Tens
     return forward
 
 
+@dataclass
+class _Point:
+    """Everything the spectra of one probe sample need: block inputs, operators, products."""
+
+    inputs: list[Tensor]  # z_0 (first block input), z_1, ...: the input block k receives
+    operators: Callable[[int], list[tuple[str, Callable]]]  # depth -> (operator, fn)
+    prod: Callable[[int], Callable]  # depth -> fn of ``start`` to block k's output
+    start: Tensor
+    steps: list[Callable] | None  # one function per block for the walk (chains only)
+
+
+def _chain_point(st: Structure, point: Tensor, depth: int, prod_from: str) -> _Point:
+    """Blocks applied one after another from ``stem(point)`` (zoo models: named_blocks)."""
+    modules = [b.module for b in st.blocks]
+    stem_fn = st.stem_override
+    with torch.no_grad():
+        inputs = [stem_fn(point) if stem_fn is not None else point]
+        for module in modules[:depth]:
+            inputs.append(module(inputs[-1]))
+    first = stem_fn if prod_from == "input" else None
+
+    def operators(k: int) -> list[tuple[str, Callable]]:
+        block = st.blocks[k - 1]
+        if block.kind == "residual" and block.branch is not None:
+            return [("I+J_F", block.module), ("J_F", block.branch)]
+        return [("J_H", block.module)]
+
+    steps = [_sequence(first, [modules[0]]), *modules[1:depth]]
+    start = point if prod_from == "input" else inputs[0]
+    return _Point(inputs, operators, lambda k: _sequence(first, modules[:k]), start, steps)
+
+
+def _traced_point(st: Structure, point: Inputs, depth: int, prod_from: str) -> _Point:
+    """Any model: block inputs and arguments recorded in one forward pass of the sample."""
+    modules = [b.module for b in st.blocks]
+    trace = capture(st.model, point, modules[:depth], stop="output")
+
+    def operators(k: int) -> list[tuple[str, Callable]]:
+        block, fn = st.blocks[k - 1], st.block_fn(k - 1, trace)
+        if block.kind != "residual":
+            return [("J_H", fn)]
+        branch = st.branch_fn(k - 1, trace)
+        return [("I+J_F", fn)] + ([("J_F", branch)] if branch is not None else [])
+
+    def prod(k: int) -> Callable[[Tensor], Tensor]:
+        def forward(z: Tensor) -> Tensor:
+            if prod_from == "input":
+                inputs = replace_first_float(point, z)
+                run = capture(st.model, inputs, [modules[k - 1]], stop="output")
+            else:
+                replace = (modules[0], z)
+                run = capture(st.model, point, [modules[k - 1]], stop="output", replace=replace)
+            return run.calls[0].output
+
+        return forward
+
+    start = first_float_tensor(point) if prod_from == "input" else trace.inputs[0]
+    return _Point(trace.inputs, operators, prod, start, None)
+
+
 def block_spectra(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     k: int = 8,
     depths: str | Sequence[int] = "auto",
     samples: int = 2,
@@ -140,7 +205,7 @@ def block_spectra(
     prod_from: str = "input",
     bn: str = "calibrate",
     hutchinson: int = 4,
-    blocks: Sequence[tuple[str, nn.Module]] | None = None,
+    blocks: Sequence[tuple[str, nn.Module] | str] | None = None,
     stem: Callable | None = None,
     model_name: str | None = None,
     seed: int = 0,
@@ -157,6 +222,14 @@ def block_spectra(
     depth, one certificate block per depth; ``method="walk"`` asks for it explicitly);
     ``"smallest"``/``"both"`` solve each depth's map on its own (warm-started), whose cost
     grows with depth x depth: use a subset of depths for deep nets.
+
+    Any model: ``x`` is a tensor, a tuple of positional arguments or a dict of keyword
+    arguments; the blocks, their kind and J_F route come from ``gradflow.structure`` (or
+    ``blocks=``/``stem=``). Each block's Jacobian is taken w.r.t. its input with its other
+    arguments (masks, skip tensors) held at their values for the sample. ``prod`` starts at
+    the first floating-point input, or at the first block's input (the embedding output of a
+    token model: ``frame.attrs["prod_from"]`` says which). The private copy runs with the
+    math kernels (``gradflow.private.math_kernels``; ``frame.attrs["jacobian_route"]``).
     """
     if method == "walk" and which != "largest":
         raise UserInputError(
@@ -170,76 +243,88 @@ def block_spectra(
     unknown = set(operators) - {"block", "prod"}
     if unknown:
         raise UserInputError(f"operators must be 'block' and/or 'prod', got {sorted(unknown)}")
-    if x.dim() < 1 or x.shape[0] < 1:
+    x = detach(normalize(x))
+    count = batch_size(x)
+    if count < 1:
         raise UserInputError("x must be a batch of probe inputs with a leading batch dimension")
-    if blocks is None:
-        stem_fn, named = _zoo_structure(model)
-    else:
-        stem_fn, named = stem, list(blocks)
-    if not named:
-        raise UserInputError("no blocks to analyse: blocks=[(name, module), ...] is empty")
-    x = x.detach()
-    rng_state = torch.get_rng_state()
-    try:
-        # Copy the model with the block/stem references, so that they point into the copy.
-        twin, named, stem_fn = copy.deepcopy((model, named, stem_fn))
-        _prepare(twin, x, bn)
-    finally:
-        torch.set_rng_state(rng_state)
-    chosen = _resolve_depths(depths, named)
-    probes = (
-        [(-1, x)] if bn == "train" else [(i, x[i : i + 1]) for i in range(min(samples, len(x)))]
-    )
+    if first_float_tensor(x) is None and prod_from == "input":
+        prod_from = "stem"  # token inputs: products start at the embedding output
+    st = _private_structure(model, x, bn, blocks, stem)
+    chosen = _resolve_depths(depths, [(b.path, b) for b in st.blocks])
+    chain = _is_chain(st, x, stem)
+    probes = [(i, select_samples(x, i)) for i in range(min(samples, count))]
+    if bn == "train":
+        probes = [(-1, x)]
     name = model_name or type(model).__name__
+    options = dict(k=k, which=which, method=method, tol=tol, max_matvecs=max_matvecs, seed=seed)
     rows = []
-    for sample, point in probes:
-        rows += _sample_rows(
-            named, stem_fn, point, chosen, operators, prod_from,
-            dict(k=k, which=which, method=method, tol=tol, max_matvecs=max_matvecs, seed=seed),
-            hutchinson, labels=dict(model=name, sample=sample),
-        )  # fmt: skip
+    with preserved_rng(), math_kernels(st.model) as route:
+        for sample, point in probes:
+            make = _chain_point if chain else _traced_point
+            at = make(st, point, max(chosen), prod_from)
+            rows += _sample_rows(
+                st,
+                at,
+                chosen,
+                operators,
+                options,
+                hutchinson,
+                labels=dict(model=name, sample=sample),
+            )
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
-    return frame[COLUMNS]
+    frame = frame[COLUMNS]
+    frame.attrs.update(prod_from=prod_from, jacobian_route=route)
+    return frame
 
 
-def _sample_rows(named, stem_fn, point, chosen, operators, prod_from, options, hutchinson, labels):
+def _is_chain(st: Structure, x: Inputs, stem: Callable | None) -> bool:
+    """True when the blocks are applied one after another to stem(x): zoo models, a user's
+    ``stem=``, or blocks whose inputs are x and then each previous block's output."""
+    if st.source == "named_blocks" and st.stem_override is not None:
+        return True
+    if not isinstance(x, Tensor) or st.source != "user":
+        return False
+    if stem is not None:
+        return True
+    calls = st.trace.calls
+    return calls[0].input is x and all(
+        calls[i].input is calls[i - 1].output for i in range(1, len(calls))
+    )
+
+
+def _sample_rows(st: Structure, at: _Point, chosen, operators, options, hutchinson, labels):
     """Frames of every requested spectrum at one probe point."""
-    with torch.no_grad():
-        inputs = [stem_fn(point) if stem_fn is not None else point]
-        for _, module in named[: max(chosen)]:
-            inputs.append(module(inputs[-1]))
     frames = []
 
     def add(result, operator, depth, estimate):
-        path, block = named[depth - 1]
+        block = st.blocks[depth - 1]
         frame = result.frame(
-            **labels, depth=depth, block=path, stage=getattr(block, "stage", np.nan),
+            **labels, depth=depth, block=block.path,
+            stage=block.stage if block.stage is not None else np.nan,
             operator=operator, converged=result.converged, dim=result.dim,
             mean_sq_estimate=estimate,
         )  # fmt: skip
         frames.append(frame)
 
-    def measure(fn, at, operator, depth, start=None):
+    def measure(fn, point, operator, depth, start=None):
         solver = {**options, "method": "auto" if options["method"] == "walk" else options["method"]}
-        result = singular_values(fn, at, **solver, start=start)
+        result = singular_values(fn, point, **solver, start=start)
         estimate = np.nan
         if hutchinson:
-            estimate = frobenius_norm(fn, at, probes=hutchinson, seed=options["seed"]).mean_sq
+            estimate = frobenius_norm(fn, point, probes=hutchinson, seed=options["seed"]).mean_sq
         add(result, operator, depth, estimate)
         return result
 
     for depth in chosen:
         if "block" in operators:
-            for operator, fn in _operators(named[depth - 1][1]):
-                measure(fn, inputs[depth - 1], operator, depth)
+            for operator, fn in at.operators(depth):
+                measure(fn, at.inputs[depth - 1], operator, depth)
     if "prod" not in operators:
         return frames
-    start = point if prod_from == "input" else inputs[0]
-    first = stem_fn if prod_from == "input" else None
-    if options["which"] == "largest" and options["method"] in ("auto", "walk"):
-        steps = [_sequence(first, [named[0][1]])] + [module for _, module in named[1 : max(chosen)]]
+    walk_ok = options["which"] == "largest" and options["method"] in ("auto", "walk")
+    if walk_ok and at.steps is not None:
         walk = cumulative_singular_values(
-            steps, start, k=options["k"], depths=chosen, tol=options["tol"],
+            at.steps, at.start, k=options["k"], depths=chosen, tol=options["tol"],
             hutchinson=hutchinson if hutchinson >= 2 else 0, seed=options["seed"],
         )  # fmt: skip
         for depth, result in walk.items():
@@ -247,8 +332,7 @@ def _sample_rows(named, stem_fn, point, chosen, operators, prod_from, options, h
         return frames
     warm = None  # the Ritz vectors of one depth start the next (same input space)
     for depth in chosen:
-        modules = [module for _, module in named[:depth]]
-        warm = measure(_sequence(first, modules), start, "prod", depth, start=warm).vectors
+        warm = measure(at.prod(depth), at.start, "prod", depth, start=warm).vectors
     return frames
 
 
