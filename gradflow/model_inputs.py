@@ -172,6 +172,12 @@ def token_batch(vocab: int, seq_len: int, config, as_dict: bool) -> tuple[Inputs
     return inputs, ids
 
 
+def no_cache(inputs: Inputs) -> Inputs:
+    """HF keyword inputs with ``use_cache=False``: a key/value cache captured in one call would
+    grow with every later call of a block (the spectra call each block many times)."""
+    return {**inputs, "use_cache": False} if isinstance(inputs, dict) else inputs
+
+
 def gaussian_batch(shape: tuple[int, ...], config) -> Tensor:
     """A seeded standard-normal batch (B, *shape)."""
     generator = torch.Generator().manual_seed(config.seed)
@@ -240,6 +246,7 @@ def choose_inputs(spec, source, config, data: OnDemand) -> tuple[Inputs, Any, st
                 f"{limit.vocab_size}: pass --model-options vocab_size={vocab} or a smaller one",
             )  # fmt: skip
         inputs, ids = token_batch(vocab, config.seq_len or DEFAULT_SEQ_LEN, config, hf)
+        inputs = no_cache(inputs) if hf else inputs
         return inputs, ids, "tokens", f"token ids {list(ids.shape)} in [0, {vocab})"
     if shape is not None:
         if len(shape) == 3:
@@ -254,7 +261,7 @@ def choose_inputs(spec, source, config, data: OnDemand) -> tuple[Inputs, Any, st
             tokens = replace(source.example_inputs, seq_len=config.seq_len)
             source = replace(source, example_inputs=tokens)
         inputs, targets = source.batch(config.batch_size, config.seed)
-        return inputs, targets, "tokens", f"token ids {describe(inputs)}"
+        return no_cache(inputs), targets, "tokens", f"token ids {describe(inputs)}"
     size = zoo_input_size(spec) or (source.input_size if source is not None else None)
     dataset = data.get()
     x, y, text = image_batch(dataset, size if size and dataset.is_synthetic else None, config)
