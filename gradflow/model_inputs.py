@@ -87,10 +87,12 @@ def _tensors(inputs: Inputs) -> list[Tensor]:
     return tensors(inputs)
 
 
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
-    """--input-shape: positive integers separated by commas (3,224,224 or 32)."""
+def parse_shape(text: str | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """--input-shape: positive integers separated by commas (3,224,224 or 32), or a tuple."""
     if text is None:
         return None
+    if isinstance(text, (tuple, list)):
+        text = ",".join(map(str, text))
     try:
         shape = tuple(int(v) for v in str(text).replace("x", ",").split(",") if v.strip())
     except ValueError:
@@ -330,7 +332,8 @@ def choose_loss(source, config, output: Any, inputs: Inputs, labels: Any, kind: 
     if name == "auto" and source is not None and source.loss_fn is not None:
         label = getattr(source.loss_fn, "__name__", "loss")
         return f"{label} (from {source.description})", source.loss_fn, labels
-    if name == "auto" and kind == "tokens" and isinstance(labels, Tensor):
+    tokens = first_float_tensor(inputs) is None  # a token model: (B, T, V) logits are an LM's
+    if name == "auto" and tokens and isinstance(labels, Tensor) and not labels.is_floating_point():
         logits = logits_of(output)
         if logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(labels.shape):
             name = "lm"
