@@ -135,7 +135,7 @@ def run(name: str, args: list[str], folder: Path) -> dict:
         "exit": os.waitstatus_to_exitcode(status),
         "batch": inputs,
         "phases_s": {p["phase"]: p["seconds"] for p in meta.get("phase_seconds", [])},
-        "error": stderr.strip().splitlines()[-1] if os.waitstatus_to_exitcode(status) else "",
+        "error": (stderr.strip().splitlines() or ["killed"])[-1] if status else "",
         "command": " ".join(["gradflow", "analyze", *args]),
     }
 
@@ -144,10 +144,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", default="1", help="--samples of every run")
     parser.add_argument("--k", default="8", help="--k of every run")
+    parser.add_argument("--depths", default="auto", help="--depths of every run")
     parser.add_argument("--resnet50-batch", default="8", help="--batch-size of resnet50")
     parser.add_argument("--only", nargs="*", help="run only these (transformer resnet18 resnet50)")
     options = parser.parse_args()
-    common = ["--samples", options.samples, "--k", options.k]
+    common = ["--samples", options.samples, "--k", options.k, "--depths", options.depths]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "transformer.py").write_text(textwrap.dedent(TRANSFORMER))

@@ -394,7 +394,8 @@ def probe_for(label: str, spec: Any, config, data: OnDemand, device: torch.devic
     try:
         output = check_inputs(model, inputs, label)
     except UserInputError as err:
-        raise UserInputError(f"{str(err).split('. Pass')[0]}; {INPUT_FLAGS}") from None
+        hint = "fix example_inputs in the model file" if kind == "example_inputs" else INPUT_FLAGS
+        raise UserInputError(f"{str(err).split('. Pass')[0]}; {hint}") from None
     first_layer_check(model, inputs, label)
     loss_name, loss_fn, targets = choose_loss(source, config, output, inputs, labels, kind)
     check_loss(label, loss_fn, output, targets, loss_name)
