@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,7 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", default="stage1,stage3")
     parser.add_argument("--skip-walk", action="store_true")
+    parser.add_argument("--walk-depths", type=int, default=27, help="walk over blocks 1..N")
     parser.add_argument("--skip-bottom", action="store_true", help="no bottom-16 rows")
+    parser.add_argument("--solvers", default="arpack,propack,lobpcg", help="scipy solvers")
+    parser.add_argument(
+        "--exact-cache", default="",
+        help="directory for the dense spectra (.npy): reused when present (dense not re-timed)",
+    )  # fmt: skip
     parser.add_argument("--contrast", action="store_true", help="plain56 vs resnet56 at init")
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -117,22 +124,28 @@ def main() -> None:
     singular_values(stage_map(twin, 1), x, k=2, method="lanczos", tol=1e-2)  # warm-up
     print(f"{'map':7} {'solver':30} {'seconds':>8} {'x best':>7} {'products':>8} "
           f"{'max rel err':>11} {'bound':>8}", flush=True)  # fmt: skip
-    for name in args.maps.split(","):
+    for name in filter(None, args.maps.split(",")):
         compare_solvers(name, stage_map(twin, {"stage1": 1, "stage3": 3}[name]), x, args)
     if not args.skip_walk:
-        walk(twin, x)
+        walk(twin, x, args.walk_depths)
 
 
 def compare_solvers(name: str, fn, x, args) -> None:
     """One map: dense, gradflow and scipy top-16 (and gradflow's bottom-16) in one run."""
-    exact, base_time = timed(baseline, fn, x)
-    rows = [("dense jacfwd+svdvals (all)", base_time, x.numel(), 0.0, np.nan)]
+    cache = Path(args.exact_cache) / f"resnet56_{name}.npy" if args.exact_cache else None
+    if cache is not None and cache.exists():
+        exact, rows = np.load(cache), []
+    else:
+        exact, base_time = timed(baseline, fn, x)
+        rows = [("dense jacfwd+svdvals (all)", base_time, x.numel(), 0.0, np.nan)]
+        if cache is not None:
+            np.save(cache, exact)
     top, seconds = timed(singular_values, fn, x, k=K, method="lanczos", tol=1e-4)
     gradflow_row = ("gradflow singular_values top", seconds, top.matvecs,
                     relative_error(top.values, top.indices, exact),
                     float(np.max(top.errors / top.values)))  # fmt: skip
     rows.append(gradflow_row)
-    for solver in ("arpack", "propack", "lobpcg"):
+    for solver in args.solvers.split(","):
         try:
             (values, _, products), seconds = timed(scipy_top, solver, fn, x)
             error = relative_error(values, np.arange(K), exact)
@@ -153,15 +166,15 @@ def compare_solvers(name: str, fn, x, args) -> None:
               f"{error:11.1e} {bound:8.1e}", flush=True)  # fmt: skip
 
 
-def walk(twin, x) -> None:
-    """Top-16 of J_d ... J_1 (input -> block d) at all 27 depths: one walk vs per-depth scipy."""
-    blocks = [block for _, block in twin.named_blocks()]
+def walk(twin, x, depths: int = 27) -> None:
+    """Top-16 of J_d ... J_1 (input -> block d) at every depth: one walk vs per-depth scipy."""
+    blocks = [block for _, block in twin.named_blocks()][:depths]
     steps = [lambda z: blocks[0](twin.forward_stem(z)), *blocks[1:]]
     cumulative_singular_values(steps, x, depths=[1], k=4)  # warm-up: first calls are slower
     every, walk_time = timed(cumulative_singular_values, steps, x, k=K, tol=1e-2)
     walk_products = sum(result.matvecs * depth for depth, result in every.items())
     bound = max(float(np.max(r.errors / r.values)) for r in every.values())
-    print(f"\nall 27 depths, top-16, tol 1e-2: {'seconds':>8} {'x walk':>7} "
+    print(f"\ndepths 1..{depths}, top-16, tol 1e-2:    {'seconds':>8} {'x walk':>7} "
           f"{'block products':>14} {'max rel diff to walk':>20}")  # fmt: skip
     print(f"  gradflow walk (bound <= {bound:.1e})   {walk_time:8.2f} {1.0:7.2f} "
           f"{walk_products:14d} {0.0:20.1e}", flush=True)  # fmt: skip

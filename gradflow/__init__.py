@@ -45,9 +45,11 @@ _EXPORTS = {
     "calibrated_copy": "spectra",
     "cumulative_singular_values": "spectra",
     "frobenius_norm": "spectra",
+    "hessian_spectra": "spectra",
     "singular_values": "spectra",
     "spectral_density": "spectra",
     "summarize_spectra": "spectra",
+    "structure": "structure",
     "ModelState": "state",
     "preserved_buffers": "state",
     "preserved_rng": "state",
@@ -87,7 +89,7 @@ class _Package(types.ModuleType):
         super().__setattr__(name, value)
 
 
-_SHADOWED = ("analyze", "record")
+_SHADOWED = ("analyze", "record", "structure")
 sys.modules[__name__].__class__ = _Package
 
 
@@ -114,6 +116,7 @@ __all__ = [
     "cumulative_singular_values",
     "frobenius_norm",
     "get_model_info",
+    "hessian_spectra",
     "lesion_study",
     "lesioned_model",
     "list_models",
@@ -127,6 +130,7 @@ __all__ = [
     "signal_propagation",
     "singular_values",
     "spectral_density",
+    "structure",
     "summaries",
     "summarize_spectra",
     "testing",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import io as gio
+from . import outdir
 from .checkpoint import load_weights
 from .configs import AnalysisConfig
 from .data import ImageDataset
@@ -43,6 +43,7 @@ __all__ = ["SUMMARY_COLUMNS", "AnalysisConfig", "AnalysisResult", "analyze", "ch
 
 # A smallest singular value below this fraction of the largest counts as zero (rank-deficient).
 RANK_DEFICIENT = 1e-6
+REPORT_KIND = "analysis-report"
 
 
 @dataclass
@@ -79,37 +80,33 @@ class AnalysisResult:
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """Write report.html, figures/, data/*.parquet|csv and meta.json into ``out``.
 
-        Everything is written into a temporary sibling folder that is renamed onto ``out``
-        at the end, so an interrupted save leaves no half-written report.
+        Everything is written into a marked staging sibling that is renamed onto ``out`` at
+        the end, under the folder's lock (``gradflow.outdir``): an interrupted save leaves no
+        half-written report, two saves to one folder cannot both win, and ``overwrite``
+        replaces only a report folder that gradflow wrote.
         """
         from .report import build_analysis_report
 
         out = Path(out)
         check_out(out, overwrite=overwrite)
-        staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            for name, frame in self.frames.items():
-                gio.write_frame(frame, staging / "data", name)
-            build_analysis_report(self).write(staging)
-            gio.write_text(staging / "meta.json", json.dumps(self.meta, indent=2, default=str))
-            if out.exists():
-                shutil.rmtree(out)
-            staging.rename(out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with outdir.output_lock(out):
+            staging = outdir.staging_dir(out, REPORT_KIND)
+            try:
+                for name, frame in self.frames.items():
+                    gio.write_frame(frame, staging / "data", name)
+                build_analysis_report(self).write(staging)
+                gio.write_text(staging / "meta.json", json.dumps(self.meta, indent=2, default=str))
+                outdir.publish(staging, out, REPORT_KIND, force=overwrite)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return out
 
 
 def check_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse a report folder that is a file, or an existing non-empty one unless overwriting."""
-    if out.exists() and out.is_file():
-        raise UserInputError(f"--out {out} is a file; give a folder path")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserInputError(
-            f"output folder {out} exists and is not empty; choose another --out "
-            "or pass --force to replace it"
-        )
+    """Refuse, before any work, a report folder gradflow may not write (``outdir.check_target``):
+    a file, a folder of someone else's files (even when overwriting), or an earlier report
+    unless ``overwrite``."""
+    outdir.check_target(Path(out), REPORT_KIND, force=overwrite)
 
 
 def verdict(row: dict) -> str:

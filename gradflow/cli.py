@@ -93,14 +93,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis (training first for --steps), print the summary, write the report."""
     from .analyze import check_out
     from .model_inputs import input_lines
+    from .outdir import output_lock
     from .pipeline import run_analysis
 
     config = from_args(AnalysisConfig, args)
     config.validate()  # before the work, as the output folder check
     out = Path(args.out) if args.out else _default_out(config.models)
     check_out(out, overwrite=args.force)  # before the work, not only when saving
-    result = run_analysis(config)
-    result.save(out, overwrite=args.force)
+    with output_lock(out):  # one run per folder: a second one stops here, not after its work
+        result = run_analysis(config)
+        result.save(out, overwrite=args.force)
     print(result.summary_text())
     print("\n" + "\n".join(input_lines(result.meta)))
     print(f"\nreport: {out / 'report.html'}   data: {out / 'data'}")
@@ -135,7 +137,10 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
         "--out", help="report folder (default: a new gradflow-report-<models> folder here)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace --out if it exists and is not empty"
+        "--force",
+        action="store_true",
+        help="replace --out if it is an earlier gradflow report "
+        "(a folder holding other files is never replaced)",
     )
 
 

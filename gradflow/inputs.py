@@ -143,10 +143,14 @@ def check_inputs(model: nn.Module, inputs: Inputs, name: str | None = None) -> A
         with torch.no_grad():
             return call_model(twin, inputs)
     except Exception as error:  # any failure of the user's forward on these inputs
-        label = name or type(model).__name__
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(
-            f"{label} fails on the inputs {describe(inputs)}: {message}. Pass inputs the model "
-            "accepts: a tensor, a tuple of positional arguments or a dict of keyword arguments "
-            "(e.g. {'input_ids': ..., 'attention_mask': ...})"
-        ) from error
+        raise forward_error(name or type(model).__name__, inputs, error) from error
+
+
+def forward_error(label: str, inputs: Inputs, error: Exception) -> UserInputError:
+    """The one-line UserInputError for a forward pass that failed on these inputs."""
+    message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserInputError(
+        f"{label} fails on the inputs {describe(inputs)}: {message}. Pass inputs the model "
+        "accepts: a tensor, a tuple of positional arguments or a dict of keyword arguments "
+        "(e.g. {'input_ids': ..., 'attention_mask': ...})"
+    )

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserInputError
+from .io import TEMP_INFIX
 
 MARKER = ".gradflow-output"
 KINDS = ("analysis-report", "train-run")
@@ -129,11 +130,15 @@ def output_lock(out: Path, flag: str = "--out") -> Iterator[Path]:
     """Hold ``.<name>.gradflow-lock`` beside ``out`` for the whole run (one writer at a time).
 
     A lock whose pid is dead (the run was killed) is taken over; a live one is refused with
-    a message. The lock file is created with O_EXCL, so two runs cannot both take it.
+    a message. The lock file is created with O_EXCL, so two runs cannot both take it. A
+    nested call in the process that holds the lock passes through.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}{LOCK_SUFFIX}"
+    if _lock_holder(lock) == os.getpid():  # this process holds it already (nested use)
+        yield lock
+        return
     for _attempt in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -209,21 +214,34 @@ def publish(staging: Path, out: Path, kind: str, *, force: bool, flag: str = "--
     return out
 
 
-def prepare_run_folder(folder: Path, *, resume: bool, flag: str = "--out") -> None:
+# What ``gradflow train`` and the run cache write into a run folder (a legacy folder,
+# written before markers existed, holds nothing else).
+RUN_FILES = frozenset(
+    {"key.json", "checkpoint.pt", "final.pt", "meta.json", "failed.json"}
+    | {f"{name}.{ext}" for name in ("history", "records") for ext in ("csv", "parquet")}
+)
+
+
+def _legacy_run_folder(folder: Path) -> bool:
+    names = {path.name for path in folder.iterdir() if TEMP_INFIX not in path.name}
+    return bool(names & {"key.json", "checkpoint.pt"}) and names <= RUN_FILES
+
+
+def prepare_run_folder(folder: Path, *, flag: str = "--out") -> None:
     """Refuse a training-run folder gradflow did not write; create and mark a new one.
 
-    A legacy run folder (written before markers existed) is recognised by its checkpoint.
+    A legacy run folder (written before markers existed) is recognised by holding only the
+    files a run writes; it is marked on first use.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserInputError(f"{flag} {folder} is a file; give a folder path")
-    if folder.exists() and not _is_empty_dir(folder):
-        legacy = (folder / "checkpoint.pt").is_file() and resume
-        if owner_kind(folder) != "train-run" and not legacy:
-            raise UserInputError(
-                f"{flag} {folder} holds files gradflow did not write; choose a new or empty "
-                "folder for the run"
-            )
+    in_use = folder.exists() and not _is_empty_dir(folder)
+    if in_use and owner_kind(folder) != "train-run" and not _legacy_run_folder(folder):
+        raise UserInputError(
+            f"{flag} {folder} holds files gradflow did not write; choose a new or empty "
+            "folder for the run"
+        )
     _check_writable(folder, flag)
     folder.mkdir(parents=True, exist_ok=True)
     if owner_kind(folder) is None:

@@ -68,6 +68,7 @@ from .sites import (
 )
 from .state import preserved_buffers, preserved_rng
 from .structure import NoBlocksError, Structure, structure
+from .trace import first_float
 
 LOSS_REDUCTIONS = ("mean", "sum")
 __all__ = [
@@ -165,7 +166,8 @@ class Recorder:
             register(self.module.register_forward_pre_hook(self._on_root_call, with_kwargs=True))
             for name in self.response_layers:
                 register(modules[name].register_forward_hook(partial(self._on_response, name)))
-            self._watch_boundaries(modules)
+            if not self._discover:  # else on the first forward call, from its structure
+                self._watch_boundaries(modules)
             if self.parameter_names:
                 for name, module in modules.items():
                     if any(True for _ in module.parameters(recurse=False)):
@@ -228,18 +230,18 @@ class Recorder:
         from .structure import structure
 
         self._discover = False
-        if args and kwargs:
-            return  # mixed positional and keyword inputs: keep the container boundaries
-        inputs = dict(kwargs) if kwargs else (args[0] if len(args) == 1 else tuple(args))
-        try:
-            found = structure(self.module, inputs)
-        except (UserInputError, RuntimeError):
-            return
-        if "boundary" in {probe.site for probe in self.probes}:
-            self.boundary_layers = self._use_structure(found)
-            self._watch_boundaries(dict(self.module.named_modules()))
-        else:
-            self._use_structure(found)
+        found = None
+        if not (args and kwargs):  # mixed positional and keyword inputs: container boundaries
+            inputs = dict(kwargs) if kwargs else (args[0] if len(args) == 1 else tuple(args))
+            try:
+                found = structure(self.module, inputs)
+            except (UserInputError, RuntimeError):
+                found = None
+        if found is not None:
+            points = self._use_structure(found)
+            if "boundary" in {probe.site for probe in self.probes}:
+                self.boundary_layers = points
+        self._watch_boundaries(dict(self.module.named_modules()))
 
     def _key(self, site: str, name: str) -> str:
         calls = self._calls.get((site, name), 0) + 1
@@ -273,6 +275,8 @@ class Recorder:
                 self._watch_gradient(STEM, args[0])
 
     def _on_boundary(self, name: str, module: nn.Module, args, output) -> None:
+        if not isinstance(output, Tensor):  # (output, state) of an RNN, an HF ModelOutput
+            output = first_float(output)
         if isinstance(output, Tensor) and output.requires_grad:
             self._watch_gradient(self._key("boundary", name), output)
 

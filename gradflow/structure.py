@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UserInputError
-from .inputs import Inputs, call_model, describe, detach, normalize
+from .inputs import Inputs, call_model, detach, forward_error, normalize
 from .losses import output_tensors
 from .private import math_kernels, strip_hooks
 from .residual import PLAIN, AddCalls, Residual, classify
@@ -244,13 +244,8 @@ def _call_order(twin: nn.Module, inputs: Inputs) -> list[str]:
     try:
         with torch.no_grad():
             call_model(twin, inputs)
-    except Exception as error:
-        line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserInputError(
-            f"{type(twin).__name__} fails on the inputs {describe(inputs)}: {line}. Pass "
-            "inputs the model accepts: a tensor, a tuple of positional arguments or a dict "
-            "of keyword arguments"
-        ) from error
+    except Exception as error:  # any failure of the user's forward on these inputs
+        raise forward_error(type(twin).__name__, inputs, error) from error
     finally:
         for handle in handles:
             handle.remove()

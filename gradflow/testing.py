@@ -19,6 +19,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from .inputs import Inputs
+
 # Frames behind the assertions of the running test: the pytest plugin drains this list.
 _collected: list[tuple[str, pd.DataFrame]] = []
 
@@ -56,7 +58,7 @@ def _table(frame: pd.DataFrame, mark: int | None, mark_text: str, context: int =
 
 def gradient_norms(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     y: Tensor | None = None,
     loss_fn: Callable | None = None,
     layers=None,
@@ -71,7 +73,7 @@ def gradient_norms(
 
 def assert_gradient_preserved(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     y: Tensor | None = None,
     loss_fn: Callable | None = None,
     max_log10_ratio: float = 1.0,
@@ -131,7 +133,7 @@ def assert_gradient_preserved(
 
 def assert_response_std_bounded(
     model: nn.Module,
-    x: Tensor,
+    x: Inputs,
     low: float = 0.0,
     high: float = math.inf,
     layers=None,
@@ -160,24 +162,29 @@ def assert_response_std_bounded(
 
 def assert_dynamical_isometry(
     model_or_fn: nn.Module | Callable[[Tensor], Tensor],
-    x: Tensor,
+    x: Inputs,
     max_log10_condition: float = 2.0,
     depth: int | None = None,
     k: int = 4,
 ) -> pd.DataFrame:
     """Fail if the input-output Jacobian is worse conditioned than 10^max_log10_condition.
 
-    For a zoo model (or any model with ``blocks()``): the cumulative Jacobian from the
-    input to the output of block ``depth`` (default: the last block), at the first sample
-    of ``x``. For a plain function: its Jacobian at ``x``. Uses the top-k and bottom-k
+    For a model (any ``nn.Module``; x a tensor, tuple or dict): the cumulative Jacobian from
+    the input (a token model: the embedding output) to the output of block ``depth`` (default:
+    the last block of ``gradflow.structure``), at the first sample of ``x``. For a plain
+    function: its Jacobian at ``x``. Uses the top-k and bottom-k
     singular values (cheap iterative settings), so the condition number is exact.
     """
     from .spectra import block_spectra, singular_values
 
-    if isinstance(model_or_fn, nn.Module) and hasattr(model_or_fn, "blocks"):
-        last = depth or len(model_or_fn.blocks())
+    if isinstance(model_or_fn, nn.Module):
+        from .inputs import select_samples
+        from .structure import structure
+
+        first = select_samples(x, 0)
+        last = depth or len(structure(model_or_fn, first).blocks)
         spectra = block_spectra(
-            model_or_fn, x[:1], k=k, depths=[last], samples=1, operators=["prod"]
+            model_or_fn, first, k=k, depths=[last], samples=1, operators=["prod"]
         )
         sigma = spectra[(spectra["operator"] == "prod") & (spectra["depth"] == last)]["sigma"]
         what = f"the cumulative Jacobian from the input to block {last}"

@@ -59,6 +59,7 @@ from .history import (
 )
 from .io import atomic_path, remove_stale_temporaries, write_frame, write_text
 from .models.build import build_model
+from .outdir import prepare_run_folder
 from .provenance import data_meta, run_meta
 
 CHECKPOINT = "checkpoint.pt"
@@ -162,7 +163,8 @@ def prepare_out_dir(config: TrainConfig, world: World) -> tuple[Path | None, Pat
             f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, "
             "or choose another --out"
         )
-    if world.rank == 0 and out_dir.exists():
+    if world.rank == 0:
+        prepare_run_folder(out_dir)  # refuses a folder of files gradflow did not write
         remove_stale_temporaries(out_dir)
     return out_dir, checkpoint_path
 

@@ -125,7 +125,7 @@ def test_existing_out_needs_force(report):
     out, _ = report
     result = gradflow("analyze", "--model", "resnet8", *TINY, "--out", str(out))
     assert result.returncode == 2
-    assert "exists and is not empty" in result.stderr and "--force" in result.stderr
+    assert "earlier gradflow analysis report" in result.stderr and "--force" in result.stderr
     assert (out / "report.html").exists()  # the old report is still there
 
 

@@ -99,14 +99,23 @@ def test_a_read_only_parent_is_refused(tmp_path):
 
 def test_one_lock_holder_at_a_time(tmp_path):
     out = tmp_path / "report"
-    with outdir.output_lock(out) as lock:
-        assert lock.read_text().strip() == str(os.getpid())
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / f".report{outdir.LOCK_SUFFIX}"
+        lock.write_text(f"{holder.pid}\n")
         with (
-            pytest.raises(UserInputError, match=rf"pid {os.getpid()}\) is writing"),
+            pytest.raises(UserInputError, match=rf"pid {holder.pid}\) is writing"),
             outdir.output_lock(out),
         ):
             pass
-        assert lock.exists(), "the refused attempt must not release the holder's lock"
+        assert lock.read_text().strip() == str(holder.pid), "the holder's lock must stay"
+    finally:
+        holder.kill()
+        holder.wait()
+    with outdir.output_lock(out):  # the holder is gone: its lock is taken over
+        with outdir.output_lock(out):  # nested in the same process: passes through
+            assert lock.read_text().strip() == str(os.getpid())
+        assert lock.exists(), "the nested call must not release the outer lock"
     assert not lock.exists()
 
 
@@ -160,11 +169,27 @@ def test_run_folder_refuses_foreign_files_and_marks_new_ones(tmp_path):
     foreign.mkdir()
     (foreign / "meta.json").write_text("{}")
     with pytest.raises(UserInputError, match="did not write"):
-        outdir.prepare_run_folder(foreign, resume=True)
+        outdir.prepare_run_folder(foreign)
     new = tmp_path / "new"
-    outdir.prepare_run_folder(new, resume=False)
+    outdir.prepare_run_folder(new)
     assert outdir.owner_kind(new) == "train-run"
-    outdir.prepare_run_folder(new, resume=True)  # gradflow's own: accepted again
+    (new / "history.csv").write_text("step")
+    outdir.prepare_run_folder(new)  # gradflow's own: accepted again
+
+
+def test_a_legacy_run_folder_is_recognised_by_its_files_alone(tmp_path):
+    legacy = tmp_path / "plain20-he-cfe3211ce15f"
+    legacy.mkdir()
+    (legacy / "key.json").write_text("{}")
+    (legacy / "checkpoint.pt").write_bytes(b"weights")
+    (legacy / f".history.csv{gio.TEMP_INFIX}x.tmp").write_text("half")
+    outdir.prepare_run_folder(legacy)
+    assert outdir.owner_kind(legacy) == "train-run"
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "key.json").write_text("{}")
+    (tmp_path / "mixed" / "notes.md").write_text("mine")
+    with pytest.raises(UserInputError, match="did not write"):
+        outdir.prepare_run_folder(tmp_path / "mixed")
 
 
 def test_stale_temporaries_are_only_gradflows(tmp_path):

@@ -170,7 +170,7 @@ def test_resume_after_sigkill_ends_bit_identical(tmp_path):
     # a kill during a checkpoint write leaves atomic_path's temporary: plant one, as the
     # moment of the kill above is not controlled
     for name in ("checkpoint.pt", "history.parquet"):
-        (tmp_path / "killed" / f".{name}.k1ll3d.tmp").write_bytes(b"half a file")
+        (tmp_path / "killed" / f".{name}.gradflow-k1ll3d.tmp").write_bytes(b"half a file")
     resumed = _run(tmp_path / "killed", iterations, resume=True)
     assert resumed.wait() == 0, resumed.stderr.read()
     assert not list((tmp_path / "killed").glob(".*.tmp")), "stale temporaries were left"

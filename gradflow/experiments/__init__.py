@@ -18,6 +18,7 @@ EXPERIMENTS = (
     "fig4_imagenet_style",
     "fig6_cifar_depth",
     "fig7_response_std",
+    "hessian_spectra",
     "jacobian_spectra",
     "lesion_study",
     "shattered_gradients",

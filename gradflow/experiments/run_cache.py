@@ -21,6 +21,7 @@ from gradflow import io as gio
 from gradflow.checkpoint import load_state_dict
 from gradflow.errors import UserInputError
 from gradflow.models.build import build_model
+from gradflow.outdir import prepare_run_folder
 from gradflow.provenance import meta_data
 from gradflow.train import CHECKPOINT, RESUMABLE_CHANGES, TrainConfig, TrainResult, train
 
@@ -63,7 +64,7 @@ def cached_run(config: TrainConfig, cache_dir: str | Path) -> TrainResult:
         raise RunFailed(json.loads((folder / FAILED).read_text())["error"])
     else:
         plain = replace(config, out_dir=str(folder), resume=True, label=None)
-        folder.mkdir(parents=True, exist_ok=True)
+        prepare_run_folder(folder, flag="run cache folder")
         gio.write_text(folder / "key.json", json.dumps(run_key(config), indent=2) + "\n")
         try:
             result = train(plain)

@@ -41,6 +41,7 @@ from ..inputs import (
     call_model,
     detach,
     first_float_tensor,
+    forward_error,
     normalize,
     replace_first_float,
     select_samples,
@@ -101,7 +102,10 @@ def _private_structure(model, x: Inputs, bn: str, blocks, stem) -> Structure:
         twin, blocks, stem = copy.deepcopy((model, None if blocks is None else list(blocks), stem))
     strip_hooks(twin)
     with preserved_rng(), math_kernels(twin):
-        _prepare(twin, x, bn)
+        try:
+            _prepare(twin, x, bn)
+        except Exception as error:  # the user's forward fails on x: say so before any work
+            raise forward_error(type(model).__name__, x, error) from error
         return build(twin, x, blocks=blocks, stem=stem)
 
 

@@ -6,10 +6,13 @@ Lanczos quadrature (Ubaru, Chen & Saad 2017; as PyHessian does for Hessians): fo
 unit probe q, ``steps`` Lanczos steps on A^T A give a tridiagonal T with eigenpairs
 (theta_j, y_j); the nodes sqrt(theta_j) with weights y_1j^2 / probes approximate the
 distribution of singular values (each weight is a fraction of the min(m, n) values).
+``lanczos_tridiagonal`` and ``quadrature_nodes`` serve any symmetric operator given as a
+batched matmat callable (the Jacobian Gram here, the Hessian in ``hessian``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,19 +57,25 @@ def frobenius_norm(
     )
 
 
-def _lanczos_tridiagonal(view: TallView, probes: Tensor, steps: int) -> tuple[Tensor, Tensor]:
-    """Batched Lanczos on A^T A, one run per probe (rows), full reorthogonalisation.
+Matmat = Callable[[Tensor], Tensor]  # rows in, rows out: (p, n) -> (p, n), symmetric
+
+
+def lanczos_tridiagonal(matmat: Matmat, probes: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """Batched Lanczos on a symmetric operator (``matmat``: rows V (p, n) -> rows of A V),
+    one run per probe (rows of ``probes``), full reorthogonalisation.
 
     Returns alpha (probes, steps) and beta (probes, steps - 1) of the tridiagonal matrices.
+    A run whose Krylov space became invariant (beta ~ 0) continues from a zero vector, which
+    adds nodes of weight 0 only.
     """
-    count = probes.shape[0]
-    basis = torch.zeros(count, steps, view.cols, dtype=probes.dtype)
+    count, size = probes.shape
+    basis = torch.zeros(count, steps, size, dtype=probes.dtype)
     alphas = torch.zeros(count, steps, dtype=torch.float64)
     betas = torch.zeros(count, max(steps - 1, 0), dtype=torch.float64)
     vector = probes / probes.norm(dim=1, keepdim=True)
     for step in range(steps):
         basis[:, step] = vector
-        product = view.apply_transpose(view.apply(vector))
+        product = matmat(vector)
         alpha = (product * vector).sum(dim=1)
         alphas[:, step] = alpha.double()
         previous = basis[:, : step + 1]
@@ -82,6 +91,24 @@ def _lanczos_tridiagonal(view: TallView, probes: Tensor, steps: int) -> tuple[Te
     return alphas, betas
 
 
+def quadrature_nodes(alphas: Tensor, betas: Tensor) -> pd.DataFrame:
+    """Gauss quadrature of each probe's tridiagonal matrix: ``probe, node, weight`` (the
+    Ritz values and the squared first components of their eigenvectors / probes; the
+    weights sum to 1), so sum(weight * f(node)) estimates tr f(A) / n."""
+    probes = alphas.shape[0]
+    rows = []
+    for probe in range(probes):
+        tridiagonal = (
+            torch.diag(alphas[probe]) + torch.diag(betas[probe], 1) + torch.diag(betas[probe], -1)
+        )
+        theta, vectors = torch.linalg.eigh(tridiagonal)
+        weights = vectors[0] ** 2 / probes
+        rows.append(
+            pd.DataFrame({"probe": probe, "node": theta.numpy(), "weight": weights.numpy()})
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
 def spectral_density(
     fn: TensorFunction, x: Tensor, steps: int = 40, probes: int = 4, seed: int = 0
 ) -> pd.DataFrame:
@@ -94,24 +121,11 @@ def spectral_density(
     steps = min(steps, view.cols)
     generator = probe_generator(seed)
     start = torch.randn(probes, view.cols, generator=generator, dtype=view.operator.dtype)
-    alphas, betas = _lanczos_tridiagonal(view, start, steps)
-    rows = []
-    for probe in range(probes):
-        tridiagonal = (
-            torch.diag(alphas[probe]) + torch.diag(betas[probe], 1) + torch.diag(betas[probe], -1)
-        )
-        theta, vectors = torch.linalg.eigh(tridiagonal)
-        weights = vectors[0] ** 2 / probes
-        rows.append(
-            pd.DataFrame(
-                {
-                    "probe": probe,
-                    "node": theta.clamp_min(0).sqrt().numpy(),
-                    "weight": weights.numpy(),
-                }
-            )
-        )
-    frame = pd.concat(rows, ignore_index=True)
+    alphas, betas = lanczos_tridiagonal(
+        lambda vectors: view.apply_transpose(view.apply(vectors)), start, steps
+    )
+    frame = quadrature_nodes(alphas, betas)
+    frame["node"] = frame["node"].clip(lower=0) ** 0.5  # eigenvalues of A^T A -> singular values
     frame.attrs["matvecs"] = view.operator.products
     frame.attrs["dim"] = view.cols
     return frame

@@ -1,0 +1,64 @@
+"""Figures of Hessian spectra frames (``gf.hessian_spectra``); plotting only reads frames.
+
+``hessian_figure``: per block, the top eigenvalue (with its certified bound) and the trace
+(with its standard error) vs block depth, one line per model (and line style per step).
+``hessian_density_figure``: the SLQ spectral density of the whole parameter vector.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .report import paper_style
+
+
+def _style(frame: pd.DataFrame) -> str | None:
+    return "step" if "step" in frame and frame["step"].nunique() > 1 else None
+
+
+def hessian_figure(frame: pd.DataFrame) -> plt.Figure:
+    """Top eigenvalue and trace of each diagonal Hessian block vs block depth (log scale;
+    non-positive values are left out of the log axis), one line per model."""
+    paper_style()
+    blocks = frame[(frame["block"] != "all") & frame["quantity"].isin(["eigenvalue", "trace"])]
+    top = blocks[(blocks["quantity"] == "trace") | (blocks["index"] == 0)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    titles = {"eigenvalue": "top eigenvalue of H_bb", "trace": "trace of H_bb (Hutchinson)"}
+    for ax, (quantity, title) in zip(axes, titles.items(), strict=True):
+        data = top[(top["quantity"] == quantity) & (top["value"] > 0)]
+        if not data.empty:
+            sns.lineplot(data=data, x="depth", y="value", hue="model", style=_style(data),
+                         marker="o", markersize=3, ax=ax)  # fmt: skip
+            ax.set_yscale("log")
+        ax.set_xlabel("block (1 = stem, last = head)")
+        ax.set_ylabel(title)
+        ax.set_title(title)
+    fig.suptitle("Curvature per block: diagonal blocks of the Hessian")
+    fig.tight_layout()
+    return fig
+
+
+def hessian_density_figure(frame: pd.DataFrame, block: str = "all") -> plt.Figure:
+    """SLQ density of the eigenvalues of ``block`` (default the whole parameter vector), on
+    a log density axis as in Ghorbani et al. 2019 and PyHessian: one panel per model (each
+    with its own eigenvalue range: plain and residual nets differ by orders of magnitude)."""
+    paper_style()
+    data = frame[(frame["quantity"] == "density") & (frame["block"] == block)].copy()
+    models = list(dict.fromkeys(data["model"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        part = data[data["model"] == model]
+        if not part.empty:
+            floor = 1e-12 * float(part["value"].max())
+            part = part.assign(value=np.maximum(part["value"].astype(float), floor))
+            sns.lineplot(data=part, x="grid", y="value", style=_style(part), ax=ax)
+            ax.set_yscale("log")
+        ax.set_title(model)
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density (SLQ, broadened)")
+    fig.suptitle(f"Hessian spectral density ({'whole network' if block == 'all' else block})")
+    fig.tight_layout()
+    return fig
