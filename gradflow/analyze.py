@@ -34,6 +34,7 @@ from .checkpoint import load_weights
 from .configs import AnalysisConfig
 from .data import ImageDataset
 from .errors import ParameterError, UserInputError
+from .model_inputs import OnDemand, probe_for
 from .models.build import build_model
 from .provenance import data_meta, run_meta
 from .summaries import SUMMARY_COLUMNS, spectra_summary_by_step, summary_table
@@ -202,6 +203,11 @@ def analyze(
     step: int = 0,
     progress: bool = True,
     threads: int = 1,
+    input_shape: str | None = None,
+    vocab_size: int | None = None,
+    seq_len: int | None = None,
+    loss: str = "auto",
+    model_options: str | None = None,
 ) -> AnalysisResult:
     """Measure gradient flow through each model as it is now, on one measurement batch.
 
@@ -216,6 +222,10 @@ def analyze(
     products that gain little from threads and slow down badly when another process holds
     the cores (measured: 23 s for plain56 + resnet56 with 1 thread against 77-240 s with 2
     on a loaded 2-core machine), and the bits written do not depend on the core count.
+
+    ``input_shape``, ``vocab_size``/``seq_len``, ``loss`` and ``model_options`` say what
+    models outside the zoo are fed and built with (``gradflow.model_inputs``); each model's
+    batch is built and checked (one forward, the loss) before any measurement starts.
     """
     pairs = labelled_models(models)
     config = AnalysisConfig(
@@ -232,6 +242,11 @@ def analyze(
         checkpoint=checkpoint,
         progress=progress,
         threads=threads,
+        input_shape=input_shape,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        loss=loss,
+        model_options=model_options,
     )
     config.validate()
     if checkpoint and not isinstance(pairs[0][1], str):
@@ -265,6 +280,14 @@ def measurement_batch(
     return dataset, x.to(device), y.to(device)
 
 
+def measurement_dataset(config: AnalysisConfig) -> ImageDataset:
+    """The data set the image batches come from (2,000 synthetic images are plenty)."""
+    from .data import load_dataset
+
+    sized = {"size": 2000} if config.data == "synthetic" else {}
+    return load_dataset(config.data, data_dir=config.data_dir, **sized)
+
+
 def _model(
     model: str | nn.Module, config: AnalysisConfig, dataset: ImageDataset, device: torch.device
 ) -> nn.Module:
@@ -292,14 +315,13 @@ def _progress_bar(config: AnalysisConfig, total: int):
     )
 
 
-def _measure(
-    phase: str, model: nn.Module, label: str, x: Tensor, y: Tensor, config: AnalysisConfig
-) -> pd.DataFrame:
+def _measure(phase: str, probe, config: AnalysisConfig) -> pd.DataFrame:
     """One phase on one model: the Recorder's frame ("record") or the spectra ("spectra")."""
+    model, label, x = probe.model, probe.label, probe.inputs
     if phase == "record":
         from .record import record
 
-        return record(model, x, y, label=label)
+        return record(model, x, probe.targets, loss_fn=probe.loss_fn, label=label)
     from .spectra import block_spectra
 
     torch.manual_seed(config.seed)
@@ -318,19 +340,19 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     """Build the models, measure each (record, spectra), summarise; global RNG restored."""
     device = parse_device(config.device)
     started = time.time()
-    dataset, x, y = measurement_batch(config, device)
+    data = OnDemand(lambda: measurement_dataset(config))
     rng_state = torch.random.get_rng_state()
     frames: dict[str, list[pd.DataFrame]] = {"record": [], "spectra": []}
     timings = []
     try:
-        models = {label: _model(model, config, dataset, device) for label, model in pairs}
-        bar = _progress_bar(config, len(models) * len(frames))
+        probes = {label: probe_for(label, model, config, data, device) for label, model in pairs}
+        bar = _progress_bar(config, len(probes) * len(frames))
         with bar:
-            for label, model in models.items():
+            for label, probe in probes.items():
                 for phase, collected in frames.items():
                     bar.set_postfix_str(f"{label}: {phase}")
                     phase_started = time.perf_counter()
-                    collected.append(_measure(phase, model, label, x, y, config).assign(step=step))
+                    collected.append(_measure(phase, probe, config).assign(step=step))
                     seconds = round(time.perf_counter() - phase_started, 2)
                     timings.append(
                         {"model": label, "step": step, "phase": phase, "seconds": seconds}
@@ -342,8 +364,9 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     spectra = pd.concat(frames["spectra"], ignore_index=True)
     spectra_summary = spectra_summary_by_step(spectra)
     summary = summary_table(records, spectra_summary)
-    meta = analysis_meta(config, dataset, time.time() - started)
+    meta = analysis_meta(config, data.value, time.time() - started)
     meta["phase_seconds"] = timings
+    meta["inputs"] = {label: probe.meta() for label, probe in probes.items()}
     return AnalysisResult(records, spectra, spectra_summary, summary, meta)
 
 
@@ -374,6 +397,16 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
-def analysis_meta(config: AnalysisConfig, dataset: ImageDataset, wall_time: float) -> dict:
+def analysis_meta(config: AnalysisConfig, dataset: ImageDataset | None, wall_time: float) -> dict:
     """meta.json of an analysis: the run-metadata schema of ``gradflow.provenance``."""
-    return run_meta(asdict(config), data_meta(dataset), wall_time, threads=torch.get_num_threads())
+    data = data_meta(dataset) if dataset is not None else unused_data_meta(config)
+    return run_meta(asdict(config), data, wall_time, threads=torch.get_num_threads())
+
+
+def unused_data_meta(config: AnalysisConfig) -> dict:
+    """``data`` of meta.json when no model was fed images of the data set."""
+    return {
+        "name": config.data,
+        "description": "none: every model was fed its own inputs (see inputs)",
+        "synthetic": False,
+    }

@@ -92,6 +92,7 @@ def _default_out(models: Sequence[str]) -> Path:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis (training first for --steps), print the summary, write the report."""
     from .analyze import check_out
+    from .model_inputs import input_lines
     from .outdir import output_lock
     from .pipeline import run_analysis
 
@@ -103,6 +104,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = run_analysis(config)
         result.save(out, overwrite=args.force)
     print(result.summary_text())
+    print("\n" + "\n".join(input_lines(result.meta)))
     print(f"\nreport: {out / 'report.html'}   data: {out / 'data'}")
     return 0
 
@@ -126,7 +128,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
             "  gradflow analyze --model plain56 --model resnet56\n"
             "  gradflow analyze --model resnet110 --init zero_gamma --out zg110\n"
             "  gradflow analyze --model resnet20 --data fashion-mnist --steps 200\n"
-            "  gradflow analyze --model my_net.py:build --model torchvision:resnet18"
+            "  gradflow analyze --model my_net.py:build --model torchvision:resnet18\n"
+            "  gradflow analyze --model mlp.py:build --input-shape 32 --loss mse\n"
+            "  gradflow analyze --model hf:gpt2 --model-options n_layer=2,n_embd=32 --seq-len 16"
         ),
     )
     parser.add_argument(

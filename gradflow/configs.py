@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from .errors import ParameterError, UserInputError
+from .errors import ParameterError, UserInputError, check_choice
 from .options import check_options, option
 
 
@@ -19,6 +19,13 @@ def dataset_names() -> tuple[str, ...]:
     from .data import DATASETS
 
     return DATASETS
+
+
+def loss_names() -> tuple[str, ...]:
+    """The losses ``gradflow.losses`` defines by name (the choices of --loss)."""
+    from .losses import LOSSES
+
+    return tuple(LOSSES)
 
 
 def milestones(text: str) -> tuple[float, ...]:
@@ -34,7 +41,10 @@ def milestones(text: str) -> tuple[float, ...]:
     return values
 
 
-MODEL_HELP = "a registry name (gradflow models), torchvision:NAME or path/to/file.py:factory"
+MODEL_HELP = (
+    "a registry name (gradflow models), hf:MODEL_TYPE (from a config, no download), "
+    "torchvision:NAME or path/to/file.py:factory"
+)
 DATA_DIR_HELP = (
     "folder of the data set files (default for fashion-mnist: /usr/share/datasets/"
     "fashion-mnist, from the Debian package dataset-fashion-mnist; cifar10: $GRADFLOW_CIFAR10 "
@@ -83,9 +93,38 @@ class AnalysisConfig:
         help="torch CPU threads (1: robust on a busy machine and the same bits on any core "
         "count; 0 keeps torch's default)",
     )
+    # What models outside the zoo are fed (gradflow.model_inputs): flags for the common cases.
+    input_shape: str | None = option(
+        None,
+        metavar="SHAPE",
+        help="per-sample input shape of the probe batch: C,H,W images (e.g. 3,224,224) or D "
+        "vectors (e.g. 32); default: the model's own inputs or size",
+    )
+    vocab_size: int | None = option(
+        None, minimum=2, metavar="V", help="feed token ids in [0, V) of length --seq-len"
+    )
+    seq_len: int | None = option(
+        None, minimum=1, metavar="T", help="length of token inputs (default 32)"
+    )
+    loss: str = option(
+        "auto",
+        help="loss of the backward pass: auto (the model file's loss, else by output and "
+        "targets), cross_entropy, mse, lm (next-token), sum_output",
+    )
+    model_options: str | None = option(
+        None,
+        metavar="K=V,...",
+        help="keyword options of the model's constructor, e.g. n_layer=12,n_embd=256 for hf:gpt2",
+    )
 
     def validate(self) -> None:
         """Raise UserInputError (naming the parameter) for settings that cannot work."""
+        check_choice("loss", self.loss, loss_names())
+        if self.steps and any(":" in m or m.endswith(".py") for m in self.models):
+            raise ParameterError(
+                "steps",
+                "steps trains zoo models only: drop it for file, hf: or torchvision: models",
+            )
         if not self.models:
             raise ParameterError("models", "no model given: name at least one, e.g. resnet56")
         if self.checkpoint and len(self.models) != 1:

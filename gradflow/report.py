@@ -211,6 +211,8 @@ def build_analysis_report(result) -> Report:
 
 def _summary_section(result) -> Section:
     """What data and measurement batch the run used, the verdicts and the summary table."""
+    from .model_inputs import input_lines
+
     config, data = result.meta.get("config", {}), result.meta.get("data", {})
     data_line = f"Data: {data.get('description', 'unknown')}."
     if data.get("synthetic"):
@@ -225,7 +227,9 @@ def _summary_section(result) -> Section:
         f"{config.get('depths')!s}."
     )
     return Section(
-        "Summary", paragraphs=[data_line, batch, *result.verdicts()], table=result.summary
+        "Summary",
+        paragraphs=[data_line, batch, *input_lines(result.meta), *result.verdicts()],
+        table=result.summary,
     )
 
 
