@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     if experiment is None:  # --plan printed the runs
         return
     budget = BUDGETS[experiment.scale.name]
-    x, y = experiment.probe()
+    x, y = experiment.measurement_batch()
     x, y = x[: budget.images], y[: budget.images]
     frames, missing = [], []
     for model, init in experiment.models():

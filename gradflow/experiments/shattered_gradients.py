@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         models = MODELS.get(experiment.scale.name, DEFAULT_MODELS)
         print(f"trains nothing: {', '.join(models)} at initialisation (a few minutes)")
         return
-    x, y = experiment.probe()
+    x, y = experiment.measurement_batch()
     correlations, summary = _shattering(experiment, x)
     signal, signal_summary = _signal(experiment, x, y)
     line = LINE.get(experiment.scale.name, LINE["small"])
