@@ -100,6 +100,7 @@ def test_cli_writes_every_output_and_refuses_to_overwrite(tmp_path, capsys):
     assert main([*args, "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert names == {
+        ".gradflow-output",  # the marker: a folder gradflow wrote (gradflow.outdir)
         "checkpoint.pt",
         "final.pt",
         "meta.json",

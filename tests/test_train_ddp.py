@@ -49,6 +49,7 @@ def test_two_process_ddp_run_stays_in_sync_and_rank0_writes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("resnet8 after 6 iterations") == 1  # only rank 0 reports
     assert sorted(p.name for p in out.iterdir()) == [
+        ".gradflow-output",  # the marker, written by rank 0 only
         "checkpoint.pt",
         "final.pt",
         "history.csv",
