@@ -26,16 +26,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from . import io as gio
 from . import outdir
-from .checkpoint import load_weights
 from .configs import AnalysisConfig
 from .data import ImageDataset
 from .errors import ParameterError, UserInputError
 from .model_inputs import OnDemand, probe_for
-from .models.build import build_model
 from .provenance import data_meta, run_meta
 from .summaries import SUMMARY_COLUMNS, spectra_summary_by_step, summary_table
 
@@ -267,40 +265,12 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def measurement_batch(
-    config: AnalysisConfig, device: torch.device
-) -> tuple[ImageDataset, Tensor, Tensor]:
-    """The data set and the seeded, class-balanced batch every model is measured on."""
-    from .data import load_dataset
-
-    # the synthetic set is generated in code: 2,000 images are plenty for a measurement batch
-    sized = {"size": 2000} if config.data == "synthetic" else {}
-    dataset = load_dataset(config.data, data_dir=config.data_dir, **sized)
-    x, y = dataset.batch(config.batch_size, seed=config.seed)
-    return dataset, x.to(device), y.to(device)
-
-
 def measurement_dataset(config: AnalysisConfig) -> ImageDataset:
     """The data set the image batches come from (2,000 synthetic images are plenty)."""
     from .data import load_dataset
 
     sized = {"size": 2000} if config.data == "synthetic" else {}
     return load_dataset(config.data, data_dir=config.data_dir, **sized)
-
-
-def _model(
-    model: str | nn.Module, config: AnalysisConfig, dataset: ImageDataset, device: torch.device
-) -> nn.Module:
-    """A module as given, or a registry name built for the data set (and its checkpoint)."""
-    if isinstance(model, nn.Module):
-        return model
-    options = {"num_classes": dataset.num_classes, "in_channels": dataset.channels}
-    built = build_model(
-        model, options={**options, "init": config.init}, seed=config.seed, device=device
-    )
-    if config.checkpoint:
-        load_weights(built, config.checkpoint, model)
-    return built
 
 
 def _progress_bar(config: AnalysisConfig, total: int):
