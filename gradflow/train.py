@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -63,6 +65,11 @@ from .outdir import prepare_run_folder
 from .provenance import data_meta, run_meta
 
 CHECKPOINT = "checkpoint.pt"
+# Tests of exact resume: "PHASE:STEP" makes the trainer SIGKILL itself at a known point,
+# PHASE "iteration" (after the SGD step that completes STEP, before its log and checkpoint)
+# or "checkpoint" (right after the checkpoint and frames of STEP are written).
+CRASH_ENV = "GRADFLOW_TEST_SIGKILL"
+CRASH_PHASES = ("iteration", "checkpoint")
 # Settings that may change on --resume: where and how it runs, not what it computes.
 RESUMABLE_CHANGES = ("resume", "out_dir", "device", "progress", "data_dir", "download")
 
@@ -113,6 +120,26 @@ def _config_dict(config: TrainConfig) -> dict:
 
 
 # ----- the loop ---------------------------------------------------------------------------
+def _crash_point() -> tuple[str, int] | None:
+    """(phase, step) from ``$GRADFLOW_TEST_SIGKILL`` ("PHASE:STEP"), or None when unset."""
+    value = os.environ.get(CRASH_ENV, "")
+    if not value:
+        return None
+    phase, _, step = value.partition(":")
+    if phase not in CRASH_PHASES or not step.isdigit():
+        raise UserInputError(
+            f"{CRASH_ENV}={value!r}: expected PHASE:STEP with PHASE one of "
+            f"{', '.join(CRASH_PHASES)}, e.g. iteration:15; unset it to train normally"
+        )
+    return phase, int(step)
+
+
+def _crash_if(crash: tuple[str, int] | None, phase: str, step: int) -> None:
+    """SIGKILL this process when (phase, step) is the crash point: no cleanup runs."""
+    if crash == (phase, step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def _maybe_recording(model: nn.Module, label: str, active: bool) -> Iterator[object]:
     if not active:
@@ -280,6 +307,7 @@ class _Run:
 def _train(config: TrainConfig, world: World) -> TrainResult:
     """Data, model and optimiser, then the loop: step, log, checkpoint (see the module doc)."""
     started = time.perf_counter()
+    crash = _crash_point()
     out_dir, checkpoint_path = prepare_out_dir(config, world)
     train_set, evaluation = training_datasets(config)
     run = _Run(config, world, train_set)
@@ -290,6 +318,7 @@ def _train(config: TrainConfig, world: World) -> TrainResult:
         lr = learning_rate(config, iteration, run.warming_up)
         run.iteration(iteration, lr)
         step = iteration + 1
+        _crash_if(crash, "iteration", step)
         last = step == config.iterations
         if step % config.eval_every == 0 or last:
             run.log(step, lr, evaluation)
@@ -304,6 +333,7 @@ def _train(config: TrainConfig, world: World) -> TrainResult:
         if checkpoint_path and world.rank == 0 and (last or periodic):
             save_checkpoint(checkpoint_path, run.snapshot(step))
             _write_frames(out_dir, run.history, run.records)
+            _crash_if(crash, "checkpoint", step)
         if progress is not None:
             progress.update(1)
     if progress is not None:

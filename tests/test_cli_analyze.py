@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import TINY, assert_user_error, gradflow
 
 import gradflow as gf
 from gradflow.configs import AnalysisConfig
@@ -19,18 +20,6 @@ from gradflow.models.build import build_model
 from gradflow.pipeline import run_analysis
 from gradflow.record import FRAME_COLUMNS
 from gradflow.testing import assert_unchanged
-
-TINY = ["--batch-size", "16", "--samples", "1", "--k", "2", "--depths", "1,9", "--quiet"]
-
-
-def gradflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gradflow", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +116,6 @@ def test_existing_out_needs_force(report):
     assert result.returncode == 2
     assert "earlier gradflow analysis report" in result.stderr and "--force" in result.stderr
     assert (out / "report.html").exists()  # the old report is still there
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 def test_unknown_model_names_the_closest(tmp_path):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -15,7 +14,7 @@ import torch
 
 from gradflow.cli import main
 from gradflow.errors import UserInputError
-from gradflow.train import TrainConfig, learning_rate, train
+from gradflow.train import CRASH_ENV, TrainConfig, learning_rate, train
 
 TINY = dict(
     model="resnet8",
@@ -136,40 +135,30 @@ def test_user_errors_exit_2_with_a_message(option, message, capsys):
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def _run(out, iterations, resume=False):
-    args = [
-        *TINY_ARGS,
-        "--iterations",
-        str(iterations),
-        "--eval-every",
-        "20",
-        "--record-every",
-        "25",
-        "--checkpoint-every",
-        "10",
-        "--out",
-        str(out),
-    ]
+def _run(out, iterations, resume=False, crash=None, every=(20, 25, 10)):
+    """``gradflow train`` in a subprocess; ``every``: eval, record and checkpoint intervals."""
+    args = [*TINY_ARGS, "--iterations", str(iterations), "--out", str(out)]
+    for option, interval in zip(("--eval-every", "--record-every", "--checkpoint-every"),
+                                every, strict=True):  # fmt: skip
+        args += [option, str(interval)]
     command = [sys.executable, "-m", "gradflow", "train", *args, *(["--resume"] if resume else [])]
     # One thread in every run: the same kernels in the same order give the same bits.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(CRASH_ENV, None)
+    if crash:
+        env[CRASH_ENV] = crash  # the trainer SIGKILLs itself there: no timing involved
     return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
 
 
 def test_resume_after_sigkill_ends_bit_identical(tmp_path):
-    iterations = 100
+    iterations = 40  # logs at 20 and 40, records at 0 and 25: before and after the kill
     straight = _run(tmp_path / "straight", iterations)
-    killed = _run(tmp_path / "killed", iterations)
+    # killed after the SGD step of iteration 15: 5 steps past the checkpoint of 10 are lost
+    killed = _run(tmp_path / "killed", iterations, crash="iteration:15")
     checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.monotonic() + 60
-    while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    killed.send_signal(signal.SIGKILL)  # mid-run: the first checkpoint (10 of 100) just landed
     assert killed.wait() == -signal.SIGKILL, killed.stderr.read()
-    saved = torch.load(checkpoint, weights_only=True)["iteration"]
-    assert 10 <= saved < iterations
-    # a kill during a checkpoint write leaves atomic_path's temporary: plant one, as the
-    # moment of the kill above is not controlled
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == 10
+    # a kill during a checkpoint write leaves atomic_path's temporary: plant one
     for name in ("checkpoint.pt", "history.parquet"):
         (tmp_path / "killed" / f".{name}.gradflow-k1ll3d.tmp").write_bytes(b"half a file")
     resumed = _run(tmp_path / "killed", iterations, resume=True)
@@ -191,7 +180,19 @@ def test_resume_after_sigkill_ends_bit_identical(tmp_path):
             check_exact=True,
         )
     meta = json.loads((tmp_path / "killed" / "meta.json").read_text())
-    assert meta["resumed_from_iteration"] == saved
+    assert meta["resumed_from_iteration"] == 10
+
+
+def test_crash_hook_kills_right_after_a_checkpoint_and_refuses_a_bad_value(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    killed = _run(out, 6, crash="checkpoint:4", every=(2, 0, 2))
+    assert killed.wait() == -signal.SIGKILL, killed.stderr.read()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 4
+    assert pd.read_parquet(out / "history.parquet").step.max() == 4  # frames written too
+    assert not (out / "final.pt").exists()
+    monkeypatch.setenv(CRASH_ENV, "teatime:3")
+    with pytest.raises(UserInputError, match="PHASE:STEP"):
+        train(TrainConfig(**TINY, iterations=2, eval_every=2, record_every=0))
 
 
 def test_checkpoint_holds_what_exact_resume_needs(tmp_path):
