@@ -379,7 +379,13 @@ class Experiment:
         )
 
     def write_report(
-        self, title: str, sections: list, frames: dict[str, pd.DataFrame], comparisons: list[str]
+        self,
+        title: str,
+        sections: list,
+        frames: dict[str, pd.DataFrame],
+        comparisons: list[str],
+        **options: str,
     ) -> Path:
-        """README.md (+ figures/*.png), data/<frame>.csv and meta.json into ``--out``."""
-        return write_report(self, title, sections, frames, comparisons)
+        """README.md (+ figures/*.png), data/<frame>.csv and meta.json into ``--out``
+        (``options``: ``heading``, ``reference`` of the comparison section)."""
+        return write_report(self, title, sections, frames, comparisons, **options)

@@ -65,6 +65,12 @@ def compare(
     verdict = (
         ("as in the paper" if holds else f"the paper's finding is not reproduced {budget}")
         if source == "paper"
+        else (
+            "as the literature finds"
+            if holds
+            else f"the measurement does not support the literature {budget}"
+        )
+        if source == "literature"
         else ("as expected" if holds else f"the expectation does not hold {budget}")
     )
     return f"{subject} {verb} {relation} {other} ({numbers}): {verdict} ({paper})."
@@ -115,21 +121,25 @@ def compare_rows(table: pd.DataFrame, subject: str, other: str, column: str, **o
 
 # ----------------------------------------------------------------------------- the report
 def write_report(
-    experiment, title: str, sections: list, frames: dict[str, pd.DataFrame], comparisons: list[str]
+    experiment,
+    title: str,
+    sections: list,
+    frames: dict[str, pd.DataFrame],
+    comparisons: list[str],
+    heading: str = "Compared with the paper",
+    reference: str = f"Paper: {PAPER} (numbers as in PAPER_FACTS.md).",
 ) -> Path:
     """README.md (+ figures/*.png), data/<frame>.csv and meta.json of ``experiment`` (an
     ``Experiment``) into its ``--out``: a header (command, data, scale, wall time,
-    versions), the sections, "Compared with the paper" and the table of runs."""
+    versions), the sections, "Compared with the paper" (``heading``, closed by
+    ``reference``) and the table of runs."""
     from gradflow.report import Report, Section
 
     out = Path(experiment.args.out)
     wall = time.perf_counter() - experiment.started
     runs = pd.DataFrame(experiment.runs)
     header = Section("How this report was made", paragraphs=_header(experiment, wall))
-    compared = Section(
-        "Compared with the paper",
-        paragraphs=[*comparisons, f"Paper: {PAPER} (numbers as in PAPER_FACTS.md)."],
-    )
+    compared = Section(heading, paragraphs=[*comparisons, reference])
     runs_section = Section(
         "Training runs",
         paragraphs=[

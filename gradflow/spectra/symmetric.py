@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..errors import UserInputError, check_choice
+from ..errors import UserInputError
 from .operators import probe_generator
-
-WHICH = ("largest", "smallest", "both")
+from .solvers import _check_options as check_options
+from .solvers import _wanted as wanted
+from .solvers import orthonormal_rows
 
 
 class SymmetricOperator:
@@ -90,46 +91,13 @@ class TraceEstimate:
     deflated_dim: int
 
 
-def _orthonormalise(block: Tensor, basis: Tensor, generator: torch.Generator) -> Tensor:
-    """Rows of ``block`` orthonormal and orthogonal to ``basis`` (two Gram-Schmidt passes,
-    then QR); directions lost to cancellation are replaced by fresh random ones."""
-    room = block.shape[1] - basis.shape[0]
-    block = block[: max(room, 0)]
-    threshold = torch.finfo(block.dtype).eps ** 0.5
-    for attempt in range(3):
-        block = block / block.norm(dim=1, keepdim=True).clamp_min(torch.finfo(block.dtype).tiny)
-        for _ in range(2):
-            if basis.shape[0]:
-                block = block - (block @ basis.T) @ basis
-        q, r = torch.linalg.qr(block.T)
-        healthy = r.diagonal().abs() > threshold
-        if bool(healthy.all()) or attempt == 2 or block.shape[0] == 0:
-            return q.T[healthy]
-        fresh = torch.randn(
-            int((~healthy).sum()), block.shape[1], generator=generator, dtype=block.dtype
-        )
-        block = torch.cat([q.T[healthy], fresh])
-    return block
-
-
-def _wanted(count: int, k: int, which: str) -> np.ndarray:
-    """Positions (descending order) among ``count`` Ritz values that ``which`` asks for."""
-    if k >= count or (which == "both" and 2 * k >= count):
-        return np.arange(count)
-    if which == "largest":
-        return np.arange(k)
-    if which == "smallest":
-        return np.arange(count - k, count)
-    return np.concatenate([np.arange(k), np.arange(count - k, count)])
-
-
 def _rayleigh_ritz(basis: Tensor, images: Tensor, k: int, which: str):
     """Wanted Ritz values (descending), positions, residual norms and Ritz vectors."""
     work = torch.float64
     projected = basis.to(work) @ images.to(work).T
     theta, weights = torch.linalg.eigh((projected + projected.T) / 2)
     theta, weights = theta.flip(0), weights.flip(1)
-    positions = _wanted(theta.numel(), k, which)
+    positions = wanted(theta.numel(), k, which)
     chosen = weights[:, positions]
     vectors = chosen.T @ basis.to(work)
     residual = (chosen.T @ images.to(work) - theta[positions, None] * vectors).norm(dim=1)
@@ -151,11 +119,11 @@ def eigenvalues(
     each with a certified bound (module docstring) <= tol * max|theta| unless the budget
     ``max_matvecs`` ran out (then ``converged`` is False). ``min_matvecs`` extends the run
     (more quadrature nodes for a density, a larger basis to deflate a trace)."""
-    check_choice("which", which, WHICH)
-    if not isinstance(k, int) or k < 1:
-        raise UserInputError(f"k must be a positive integer, got {k!r}")
-    if not tol > 0 or block_size < 1 or max_matvecs < 1:
-        raise UserInputError("tol, block_size and max_matvecs must be positive")
+    if k is None:
+        raise UserInputError("k must be a positive integer (how many eigenvalues), got None")
+    check_options(k, which, "lanczos", tol)
+    if block_size < 1 or max_matvecs < 1:
+        raise UserInputError("block_size and max_matvecs must be positive")
     dim, dtype = operator.dim, operator.dtype
     generator = probe_generator(seed)
     rounding = 50 * torch.finfo(dtype).eps
@@ -164,7 +132,7 @@ def eigenvalues(
     block = torch.randn(min(block_size, dim), dim, generator=generator, dtype=dtype)
     start = operator.products
     while True:
-        block = _orthonormalise(block, basis, generator)
+        block = orthonormal_rows(block, basis, generator)
         budget = max_matvecs - (operator.products - start)
         block = block[: max(budget, 0)]
         if block.shape[0] == 0:
