@@ -141,6 +141,10 @@ class Recorder:
         # Outside the zoo, blocks (and kind/stage/block) come from gradflow.structure: given,
         # or discovered on the first forward pass (the root's pre-hook sees its inputs).
         self._discover = layers is None and boundaries is None and not is_zoo(self.module)
+        # boundaries given on a non-zoo model: structure(blocks=them) finds the residual ones
+        self._given = points if layers is None and boundaries is not None else None
+        if self._given is not None and not is_zoo(self.module) and structure is None:
+            self._discover = bool({p.site for p in self.probes} & {"branch", "split"})
         self.structure = structure
         self._blocks = block_positions(self.module)
         self._routes = {  # zoo residual blocks: relu(F(x) + S(x)) or F(x) + S(x)
@@ -298,7 +302,7 @@ class Recorder:
         if not (args and kwargs):  # mixed positional and keyword inputs: container boundaries
             inputs = dict(kwargs) if kwargs else (args[0] if len(args) == 1 else tuple(args))
             try:
-                found = structure(self.module, inputs)
+                found = structure(self.module, inputs, blocks=self._given)
             except (UserInputError, RuntimeError):
                 found = None
         if found is not None:
