@@ -6,6 +6,9 @@ Three copies of the same network train side by side in one run, their steps inte
 - bare: forward, cross-entropy, backward, SGD step;
 - recorder: the same inside ``gradflow.Recorder(model)`` with its default probes and a
   ``rec.step()`` per training step;
+- recorder-7: the same with the seven probes of the default before the signal propagation
+  probes (channel_variance, branch_variance, shortcut_grad_share) joined it: their cost is
+  the ratio recorder / recorder-7;
 - hand-written: what most users write: forward hooks calling ``.std().item()`` on every BN
   output, ``register_full_backward_hook`` on every block taking ``grad_output[0].norm().item()``
   and ``p.grad.norm().item()`` for every parameter after backward.
@@ -34,6 +37,12 @@ PEER_TOOLS = [  # PAPER_FACTS.md, CPU, 2 threads, CIFAR ResNet-56, batch 128
     ("Cockpit economy", "3.7x-3.9x"),
     ("BackPACK BatchGrad", "6.7x-7.2x"),
 ]
+
+
+BEFORE_SIGNAL = [  # the default probe set before the signal propagation probes
+    "response_std", "response_mean", "response_absmax", "activation_grad_norm",
+    "param_grad_norm", "weight_norm", "update_ratio",
+]  # fmt: skip
 
 
 class HandWritten:
@@ -79,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     base = gf.create_model(args.model).train()
-    models = {name: copy.deepcopy(base) for name in ("bare", "recorder", "hand-written")}
+    names = ("bare", "recorder", "recorder-7", "hand-written")
+    models = {name: copy.deepcopy(base) for name in names}
     optimizers = {
         name: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         for name, m in models.items()
@@ -87,7 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
     hand = HandWritten(models["hand-written"])
-    recorder = Recorder(models["recorder"], label=args.model).__enter__()
+    recorders = {
+        "recorder": Recorder(models["recorder"], label=args.model).__enter__(),
+        "recorder-7": Recorder(models["recorder-7"], BEFORE_SIGNAL, label=args.model).__enter__(),
+    }
+    recorder = recorders["recorder"]
 
     def train_step(name: str) -> tuple[float, float]:
         model, optimizer = models[name], optimizers[name]
@@ -97,23 +111,25 @@ def main(argv: list[str] | None = None) -> None:
         if name == "hand-written":
             hand.after_backward()
         optimizer.step()
-        if name == "recorder":
-            recorder.step()
+        if name in recorders:
+            recorders[name].step()
         return time.perf_counter() - start, time.process_time() - start_cpu
 
-    names = list(models)
+    names = list(names)
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu_times: dict[str, list[float]] = {name: [] for name in names}
     try:
         for round_index in range(args.warmup + args.steps):
-            order = names[round_index % 3 :] + names[: round_index % 3]
+            shift = round_index % len(names)
+            order = names[shift:] + names[:shift]
             for name in order:
                 elapsed, cpu = train_step(name)
                 if round_index >= args.warmup:
                     times[name].append(elapsed)
                     cpu_times[name].append(cpu)
     finally:
-        recorder.__exit__(None, None, None)
+        for each in recorders.values():
+            each.__exit__(None, None, None)
     start = time.perf_counter()
     frame = recorder.frame()
     frame_seconds = time.perf_counter() - start
@@ -132,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{cpu * 1000:>11.1f}ms{cpu / bare_cpu:>8.3f}x"
         )
     print("(CPU = process time: less sensitive to other processes on a shared machine)")
+    signal = statistics.median(times["recorder"]) / statistics.median(times["recorder-7"])
+    print(f"signal propagation probes: recorder / recorder-7 = {signal:.3f}x (wall)")
     print(
         f"recorder frame(): {len(frame)} rows in {frame_seconds * 1000:.0f} ms "
         f"(once, after training)"

@@ -177,3 +177,81 @@ def training_curves_figure(
     axes[0, 0].set_ylabel(f"{quantity} (%)" if quantity == "error" else quantity)
     fig.tight_layout()
     return fig
+
+
+SIGNAL_PANELS = {  # quantity -> (panel title, x label)
+    "channel_variance": ("average channel variance", BOUNDARY_LABEL),
+    "channel_mean_sq": ("average channel squared mean", BOUNDARY_LABEL),
+    "branch_variance": ("residual branch variance (end of F)", "residual block k"),
+    "shortcut_grad_share": (
+        r"shortcut share $\|g_u J_S\| / (\|g_u J_S\| + \|g_u J_F\|)$",
+        "residual block k",
+    ),
+}
+FORWARD_SIGNAL = ("channel_variance", "channel_mean_sq", "branch_variance")
+
+
+def depth_panels_figure(
+    frame: pd.DataFrame, quantities: Sequence[str], title: str | None = None
+) -> plt.Figure:
+    """One panel per quantity of ``SIGNAL_PANELS`` present in ``frame``: value vs depth, one
+    line per model (one colour per model in every panel); log scale where all values > 0."""
+    paper_style()
+    present = set(frame["quantity"])
+    panels = [q for q in quantities if q in present]
+    models = list(dict.fromkeys(frame["model"]))
+    colours = dict(zip(models, sns.color_palette(n_colors=len(models)), strict=True))
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.4 * max(len(panels), 1), 3.8),
+                             squeeze=False)  # fmt: skip
+    for ax, quantity in zip(axes[0], panels, strict=False):
+        data = frame[frame["quantity"] == quantity]
+        sns.lineplot(data=data, x="depth", y="value", hue="model", palette=colours,
+                     style=_steps_style(data), marker="o", markersize=3, ax=ax,
+                     legend=ax is axes[0][0])  # fmt: skip
+        if quantity != "shortcut_grad_share" and (data["value"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_title(SIGNAL_PANELS[quantity][0])
+        ax.set_xlabel(SIGNAL_PANELS[quantity][1])
+        ax.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def signal_propagation_figure(records: pd.DataFrame) -> plt.Figure:
+    """Signal propagation plot (Brock, De and Smith 2021): channel variance and squared mean
+    at every block boundary, branch variance at every residual block, vs depth."""
+    return depth_panels_figure(
+        records, FORWARD_SIGNAL, "Forward signal: signal propagation plot (Brock et al. 2021)"
+    )
+
+
+def shortcut_share_figure(records: pd.DataFrame) -> plt.Figure:
+    """Per residual block: ||g_u J_S|| and ||g_u J_F|| (log scale, the path as line style)
+    and the share of the shortcut, vs block depth."""
+    paper_style()
+    paths = {"shortcut_grad_norm": "shortcut  g_u J_S", "branch_grad_norm": "branch  g_u J_F"}
+    norms = records[records["quantity"].isin(list(paths))].copy()
+    norms["path"] = norms["quantity"].map(paths)
+    share = records[records["quantity"] == "shortcut_grad_share"]
+    models = list(dict.fromkeys(records["model"]))
+    colours = dict(zip(models, sns.color_palette(n_colors=len(models)), strict=True))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    sns.lineplot(data=norms, x="depth", y="value", hue="model", style="path", palette=colours,
+                 marker="o", markersize=3, ax=left)  # fmt: skip
+    if (norms["value"] > 0).all():
+        left.set_yscale("log")
+    left.set_ylabel("gradient reaching the block input")
+    left.set_title("(a) through the shortcut and through the branch")
+    sns.lineplot(data=share, x="depth", y="value", hue="model", palette=colours, marker="o",
+                 style=_steps_style(share), markersize=3, ax=right, legend=False)  # fmt: skip
+    right.set_ylim(-0.02, 1.02)
+    right.axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
+    right.set_ylabel("shortcut share")
+    right.set_title("(b) share carried by the shortcut")
+    for ax in (left, right):
+        ax.set_xlabel("residual block k")
+    fig.suptitle("Backward signal: the gradient split at every residual block")
+    fig.tight_layout()
+    return fig

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
 from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .signal_probes import ChannelBatch, SplitBatch
 
 RESPONSE_STD = "response_std"
 RESPONSE_MEAN = "response_mean"
@@ -35,6 +38,12 @@ ACTIVATION_GRAD_RMS = "activation_grad_rms"
 PARAM_GRAD_NORM = "param_grad_norm"
 WEIGHT_NORM = "weight_norm"
 UPDATE_RATIO = "update_ratio"
+CHANNEL_MEAN_SQ = "channel_mean_sq"
+CHANNEL_VARIANCE = "channel_variance"
+BRANCH_VARIANCE = "branch_variance"
+SHORTCUT_GRAD_NORM = "shortcut_grad_norm"
+BRANCH_GRAD_NORM = "branch_grad_norm"
+SHORTCUT_GRAD_SHARE = "shortcut_grad_share"
 QUANTITIES = (
     RESPONSE_STD,
     RESPONSE_MEAN,
@@ -44,6 +53,12 @@ QUANTITIES = (
     PARAM_GRAD_NORM,
     WEIGHT_NORM,
     UPDATE_RATIO,
+    CHANNEL_MEAN_SQ,
+    CHANNEL_VARIANCE,
+    BRANCH_VARIANCE,
+    SHORTCUT_GRAD_NORM,
+    BRANCH_GRAD_NORM,
+    SHORTCUT_GRAD_SHARE,
 )
 
 
@@ -283,6 +298,51 @@ class UpdateRatio(Probe):
         return {UPDATE_RATIO: (batch.keys, ratio)}
 
 
+class ChannelVariance(Probe):
+    """Average channel variance and squared mean at every block boundary (forward)."""
+
+    name, site = CHANNEL_VARIANCE, "signal"
+    quantities = (CHANNEL_MEAN_SQ, CHANNEL_VARIANCE)
+
+    def __init__(self, channel_axis: int | None = None) -> None:
+        self.channel_axis = channel_axis
+
+    def values(self, batch: ChannelBatch) -> Values:
+        return {
+            CHANNEL_MEAN_SQ: (batch.keys, batch.mean_sq),
+            CHANNEL_VARIANCE: (batch.keys, batch.variance),
+        }
+
+
+class BranchVariance(Probe):
+    """Average channel variance of F(x) at the end of every residual block's branch."""
+
+    name, site, quantities = BRANCH_VARIANCE, "branch", (BRANCH_VARIANCE,)
+
+    def __init__(self, channel_axis: int | None = None) -> None:
+        self.channel_axis = channel_axis
+
+    def values(self, batch: ChannelBatch) -> Values:
+        return {BRANCH_VARIANCE: (batch.keys, batch.variance)}
+
+
+class ShortcutShare(Probe):
+    """||g_u J_S||, ||g_u J_F|| and the shortcut's share at every residual block (backward)."""
+
+    name, site = SHORTCUT_GRAD_SHARE, "split"
+    quantities = (SHORTCUT_GRAD_NORM, BRANCH_GRAD_NORM, SHORTCUT_GRAD_SHARE)
+
+    def values(self, batch: SplitBatch) -> Values:
+        shortcut, branch = batch.shortcut_sumsq.sqrt(), batch.branch_sumsq.sqrt()
+        total = shortcut + branch
+        share = torch.where(total > 0, shortcut / total, float("nan"))
+        return {
+            SHORTCUT_GRAD_NORM: (batch.keys, shortcut),
+            BRANCH_GRAD_NORM: (batch.keys, branch),
+            SHORTCUT_GRAD_SHARE: (batch.keys, share),
+        }
+
+
 def all_reduce_stats(
     responses: list[ResponseStats], boundaries: list[BoundaryStats], group=None
 ) -> None:
@@ -351,9 +411,15 @@ PROBES: dict[str, type[Probe]] = {
         ParamGradNorm,
         WeightNorm,
         UpdateRatio,
+        ChannelVariance,
+        BranchVariance,
+        ShortcutShare,
     )
 }
 DEFAULT_PROBES = tuple(PROBES)
+GIVEN_BY = {  # quantities measured by a probe of another name
+    q: cls for cls in PROBES.values() for q in cls.quantities if q != cls.name
+}
 
 
 def resolve_probes(probes: Sequence[str | Probe] | str | None) -> list[Probe]:
@@ -368,12 +434,12 @@ def resolve_probes(probes: Sequence[str | Probe] | str | None) -> list[Probe]:
             resolved.append(probe)
         elif probe in PROBES:
             resolved.append(PROBES[probe]())
-        elif probe == ACTIVATION_GRAD_RMS:
-            resolved.append(ActivationGradNorm())
+        elif probe in GIVEN_BY:
+            resolved.append(GIVEN_BY[probe]())
         else:
+            also = "; ".join(f"{q} comes with {c.name}" for q, c in GIVEN_BY.items())
             raise UserInputError(
-                f"unknown probe {probe!r}; available: {', '.join(PROBES)} "
-                "(activation_grad_norm also gives activation_grad_rms)"
+                f"unknown probe {probe!r}; available: {', '.join(PROBES)} ({also})"
             )
     unique = {type(p): p for p in resolved}
     return list(unique.values())

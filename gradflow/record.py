@@ -51,6 +51,14 @@ from .probes import (
     all_reduce_stats,
     resolve_probes,
 )
+from .signal_probes import (
+    ChannelStats,
+    SplitStats,
+    all_reduce_signal,
+    channel_axis,
+    channel_batch,
+    split_batch,
+)
 from .sites import (
     FRAME_COLUMNS,
     LAYER_COLUMNS,
@@ -68,9 +76,11 @@ from .sites import (
 )
 from .state import preserved_buffers, preserved_rng
 from .structure import NoBlocksError, Structure, structure
+from .taps import ResidualTap, route_for
 from .trace import first_float
 
 LOSS_REDUCTIONS = ("mean", "sum")
+BLOCK_SITES = ("boundary", "signal", "branch", "split")  # keyed by block boundary (depth)
 __all__ = [
     "FRAME_COLUMNS",
     "LAYER_COLUMNS",
@@ -131,12 +141,24 @@ class Recorder:
         # Outside the zoo, blocks (and kind/stage/block) come from gradflow.structure: given,
         # or discovered on the first forward pass (the root's pre-hook sees its inputs).
         self._discover = layers is None and boundaries is None and not is_zoo(self.module)
+        # boundaries given on a non-zoo model: structure(blocks=them) finds the residual ones
+        self._given = points if layers is None and boundaries is not None else None
+        if self._given is not None and not is_zoo(self.module) and structure is None:
+            self._discover = bool({p.site for p in self.probes} & {"branch", "split"})
         self.structure = structure
         self._blocks = block_positions(self.module)
+        self._routes = {  # zoo residual blocks: relu(F(x) + S(x)) or F(x) + S(x)
+            name: route_for("branch", None, 0)
+            for name, (_, _, kind) in self._blocks.items()
+            if kind == "residual"
+        }
         if self._discover and structure is not None:
             points = self._use_structure(structure)
         self.response_layers = responses if "response" in sites else []
-        self.boundary_layers = points if "boundary" in sites else []
+        self.boundary_layers = points if sites & set(BLOCK_SITES) else []
+        self._sites = sites
+        self._signal_axis = self._axis_of("signal")
+        self._branch_axis = self._axis_of("branch")
         self.parameter_names = (
             [name for name, _ in self.module.named_parameters()] if "parameter" in sites else []
         )
@@ -146,6 +168,9 @@ class Recorder:
         self._active = False
         self._response: dict[str, ResponseStats] = {}
         self._boundary: dict[str, BoundaryStats] = {}
+        self._channels: dict[str, ChannelStats] = {}  # block boundaries (signal site)
+        self._branches: dict[str, ChannelStats] = {}  # F(x) of residual blocks
+        self._splits: dict[str, SplitStats] = {}
         self._order: dict[tuple[str, str], int] = {}  # (site, key) -> first-call number
         self._calls: dict[tuple[str, str], int] = {}  # per forward pass of the root
         self._stem_pending = True
@@ -182,22 +207,65 @@ class Recorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        pending = self._batch_seen or bool(self._response or self._boundary)
+        pending = self._batch_seen or bool(self._response or self._boundary or self._channels)
         self._detach()
         if exc_type is None and pending:
             self.step()
+
+    def _axis_of(self, site: str) -> int | None:
+        """The channel axis a probe of ``site`` asks for (None: by tensor layout)."""
+        return next((getattr(p, "channel_axis", None) for p in self.probes if p.site == site), None)
 
     def _watch_boundaries(self, modules: dict[str, nn.Module]) -> None:
         for name in self.boundary_layers:
             module = modules[name]
             self._handles.append(module.register_forward_pre_hook(self._on_boundary_input))
             self._handles.append(module.register_forward_hook(partial(self._on_boundary, name)))
+            route = self._routes.get(name)
+            if route is not None and self._sites & {"branch", "split"}:
+                tap = self._tap(name, route)
+                self._handles.append(module.register_forward_pre_hook(tap.before))
+                self._handles.append(module.register_forward_hook(tap.after, always_call=True))
+
+    def _tap(self, name: str, route) -> ResidualTap:
+        """The F(x) and gradient-split hooks of residual block ``name`` (gradflow.taps)."""
+
+        def key_of() -> str:
+            calls = self._calls.get(("boundary", name), 0) + 1
+            return name if calls == 1 else f"{name}@{calls}"
+
+        def branch_stats(f: Tensor) -> ChannelStats:
+            return ChannelStats(f, channel_axis(f, self._branch_axis))
+
+        return ResidualTap(
+            route,
+            key_of,
+            branch_stats if "branch" in self._sites else None,
+            partial(self._merge, self._branches),
+            partial(self._merge_split) if "split" in self._sites else None,
+            lambda: self._active,
+        )
+
+    def _merge(self, store: dict, key: str, stats) -> None:
+        if key in store:
+            store[key].merge(stats)
+        else:
+            store[key] = stats
+
+    def _merge_split(self, key: str, shortcut_sumsq: Tensor, branch_sumsq: Tensor) -> None:
+        self._merge(self._splits, key, SplitStats(shortcut_sumsq, branch_sumsq))
 
     def _use_structure(self, found: Structure) -> list[str]:
         """Boundaries and positions from a Structure (blocks that are paths of the model)."""
         modules = dict(self.module.named_modules())
         points = [b.path for b in found.blocks if b.path in modules]
         self._blocks = {k: v for k, v in found.positions().items() if k in modules}
+        routes = {
+            b.path: route_for(b.residual.route, b.residual.add_index, b.residual.position)
+            for b in found.blocks
+            if b.kind == "residual" and b.path in modules
+        }
+        self._routes = {path: route for path, route in routes.items() if route is not None}
         self.structure, self._discover = found, False
         return points
 
@@ -234,12 +302,12 @@ class Recorder:
         if not (args and kwargs):  # mixed positional and keyword inputs: container boundaries
             inputs = dict(kwargs) if kwargs else (args[0] if len(args) == 1 else tuple(args))
             try:
-                found = structure(self.module, inputs)
+                found = structure(self.module, inputs, blocks=self._given)
             except (UserInputError, RuntimeError):
                 found = None
         if found is not None:
             points = self._use_structure(found)
-            if "boundary" in {probe.site for probe in self.probes}:
+            if self._sites & set(BLOCK_SITES):
                 self.boundary_layers = points
         self._watch_boundaries(dict(self.module.named_modules()))
 
@@ -269,16 +337,31 @@ class Recorder:
         tensor.register_hook(partial(self._on_gradient, key))
 
     def _on_boundary_input(self, module: nn.Module, args) -> None:
-        if self._stem_pending:
-            self._stem_pending = False
-            if args and isinstance(args[0], Tensor) and args[0].requires_grad:
+        if not self._stem_pending:
+            return
+        self._stem_pending = False
+        if args and isinstance(args[0], Tensor):
+            self._boundary_value(STEM, args[0])
+            if args[0].requires_grad and "boundary" in self._sites:
                 self._watch_gradient(STEM, args[0])
 
     def _on_boundary(self, name: str, module: nn.Module, args, output) -> None:
         if not isinstance(output, Tensor):  # (output, state) of an RNN, an HF ModelOutput
             output = first_float(output)
-        if isinstance(output, Tensor) and output.requires_grad:
-            self._watch_gradient(self._key("boundary", name), output)
+        if not isinstance(output, Tensor):
+            return
+        key = self._key("boundary", name)
+        self._boundary_value(key, output)
+        if output.requires_grad and "boundary" in self._sites:
+            self._watch_gradient(key, output)
+
+    def _boundary_value(self, key: str, z: Tensor) -> None:
+        """Channel statistics of a block boundary's value (the signal site)."""
+        if "signal" not in self._sites or not z.is_floating_point() or not z.numel():
+            return
+        if ("boundary", key) not in self._order:
+            self._order[("boundary", key)] = len(self._order)
+        self._merge(self._channels, key, ChannelStats(z, channel_axis(z, self._signal_axis)))
 
     def _on_gradient(self, key: str, grad: Tensor) -> None:
         if not self._active:  # a graph built inside the recorder, backpropagated after exit
@@ -320,6 +403,13 @@ class Recorder:
                 torch.stack([s.scaled_sumsq.to(device) for s in stats]),
                 torch.tensor([float(s.samples) for s in stats], device=device),
             )
+        for site, store, make in (
+            ("signal", self._channels, channel_batch),
+            ("branch", self._branches, channel_batch),
+            ("split", self._splits, split_batch),
+        ):
+            if store:
+                batches[site] = make(store, sorted(store, key=lambda k: in_order(("boundary", k))))
         if self.parameter_names:
             params = self._parameters()
             if self._grads_override is not None:
@@ -346,7 +436,8 @@ class Recorder:
                 continue
             for quantity, (keys, values) in probe.values(batch).items():
                 if keys:
-                    segments.append((probe.site, keys, quantity))
+                    site = "boundary" if probe.site in BLOCK_SITES else probe.site
+                    segments.append((site, keys, quantity))
                     tensors.append(values.detach().reshape(-1))
         flat = _to_numpy(tensors)
         if self._previous is not None and "parameter" in batches:
@@ -355,6 +446,8 @@ class Recorder:
         self._steps.append((step, segments, flat))
         self._response.clear()
         self._boundary.clear()
+        for store in (self._channels, self._branches, self._splits):
+            store.clear()
         self._grads_override = None
         self._batch_seen = False
         self._calls.clear()
@@ -381,6 +474,11 @@ class Recorder:
         all_reduce_stats(
             [self._response[k] for k in sorted(self._response)],
             [self._boundary[k] for k in sorted(self._boundary)],
+            group,
+        )
+        all_reduce_signal(
+            [store[k] for store in (self._channels, self._branches) for k in sorted(store)],
+            [self._splits[k] for k in sorted(self._splits)],
             group,
         )
 

@@ -26,6 +26,8 @@ from .figures import (
     cumulative_spectra_figure,
     paper_style,
     response_std_figure,
+    shortcut_share_figure,
+    signal_propagation_figure,
     training_curves_figure,
 )
 
@@ -202,7 +204,7 @@ def build_analysis_report(result) -> Report:
     sections = [
         _summary_section(result),
         _backward_section(result.records),
-        _forward_section(result.records),
+        _forward_section(result.records, result.meta),
         _spectra_section(result.spectra, result.spectra_summary),
         _data_section(result.meta),
     ]
@@ -234,46 +236,85 @@ def _summary_section(result) -> Section:
 
 
 def _backward_section(records: pd.DataFrame) -> Section:
-    """The activation-gradient norms at the block boundaries."""
-    return Section(
-        "Backward signal",
-        paragraphs=[
-            "The Frobenius norm of dL/dz_k over the batch at every block boundary k. "
-            "For a residual net dL/dx = dL/dz_L prod_l (I + J_F_l): the identity term "
-            "carries the gradient from the output back to every block; a plain net has "
-            "only prod_l J_H_l. grad_log10_ratio in the summary is log10 of the norm at "
-            "the input of block 1 over the norm at the output of the last block."
-        ],
-        figures=[
-            (
-                "activation_grad_norm",
-                activation_grad_figure(records),
-                "Activation-gradient norm at block boundaries (log scale).",
-            ),
-        ],
-    )
+    """The activation-gradient norms at the block boundaries, and the shortcut's share."""
+    figures = [
+        (
+            "activation_grad_norm",
+            activation_grad_figure(records),
+            "Activation-gradient norm at block boundaries (log scale).",
+        ),
+    ]
+    paragraphs = [
+        "The Frobenius norm of dL/dz_k over the batch at every block boundary k. "
+        "For a residual net dL/dx = dL/dz_L prod_l (I + J_F_l): the identity term "
+        "carries the gradient from the output back to every block; a plain net has "
+        "only prod_l J_H_l. grad_log10_ratio in the summary is log10 of the norm at "
+        "the input of block 1 over the norm at the output of the last block."
+    ]
+    if (records["quantity"] == "shortcut_grad_share").any():
+        paragraphs.append(SHARE_NOTE)
+        figures.append(("shortcut_grad_share", shortcut_share_figure(records), SHARE_CAPTION))
+    return Section("Backward signal", paragraphs=paragraphs, figures=figures)
 
 
-def _forward_section(records: pd.DataFrame) -> Section:
-    """The response std per 3x3 layer (the paper's Figure 7 layout)."""
-    return Section(
-        "Forward signal (Figure 7 layout)",
-        paragraphs=[
-            "Standard deviation of the response of every 3x3 conv layer after BN, before "
-            "the nonlinearity and before the residual addition, over the batch and all "
-            "positions and channels; (a) in forward order, (b) sorted descending. "
-            "He et al. report that ResNets have generally smaller responses than plain "
-            "nets, and deeper ResNets smaller ones still (at convergence).",
-            *_trivial_response_note(records),
-        ],
-        figures=[
+SHARE_NOTE = (
+    "At every residual block y = post(F(x) + S(x)), with g_u the gradient at the sum: the "
+    "gradient that reaches the block input through the shortcut, ||g_u J_S||, and through "
+    "the branch, ||g_u J_F|| (they add as vectors to dL/dx), and the shortcut's share "
+    "||g_u J_S|| / (||g_u J_S|| + ||g_u J_F||): 1 when the branch carries nothing (zero-gamma "
+    "at init), 1/2 when both paths carry the same norm."
+)
+SHARE_CAPTION = (
+    "Gradient split at every residual block: (a) norms through the shortcut and through the "
+    "branch (log scale), (b) the shortcut share (dotted: 1/2)."
+)
+SIGNAL_NOTE = (
+    "Signal propagation plot (Brock, De and Smith 2021): at every block boundary k, the "
+    "average over channels of the channel variance and of the squared channel mean (over "
+    "the batch and all positions; channels: axis 1 of image tensors, the feature axis of "
+    "token tensors), and at every residual block the variance of its branch F at its end. "
+    "Unlike the Figure 7 response std, these are informative at initialisation: in a BN "
+    "ResNet the variance at the block outputs grows with depth within a stage unless the "
+    "branch starts at zero (zero-gamma); BN renormalises every block of a plain net."
+)
+SIGNAL_CAPTION = (
+    "Signal propagation plot: average channel variance and squared mean vs block boundary "
+    "k (0 = input of block 1), and residual branch variance vs block (log scales)."
+)
+
+
+def _trained(records: pd.DataFrame, meta: dict | None) -> bool:
+    """Whether the records include a trained model (--steps > 0 or --checkpoint)."""
+    config = (meta or {}).get("config", {})
+    return bool(config.get("checkpoint")) or bool(len(records) and records["step"].max() > 0)
+
+
+def _forward_section(records: pd.DataFrame, meta: dict | None = None) -> Section:
+    """The signal propagation plot; the paper's Figure 7 layout for trained models."""
+    has_signal = (records["quantity"] == "channel_variance").any()
+    paragraphs, figures = [], []
+    if has_signal:
+        paragraphs.append(SIGNAL_NOTE)
+        figures.append(("signal_propagation", signal_propagation_figure(records), SIGNAL_CAPTION))
+    if not has_signal or _trained(records, meta):
+        at_step = records[records["step"] > 0] if _trained(records, meta) else records
+        at_step = at_step if len(at_step) else records
+        paragraphs += [
+            "Figure 7 layout: standard deviation of the response of every 3x3 conv layer "
+            "after BN, before the nonlinearity and before the residual addition, over the "
+            "batch and all positions and channels; (a) in forward order, (b) sorted "
+            "descending. He et al. report that ResNets have generally smaller responses "
+            "than plain nets, and deeper ResNets smaller ones still (at convergence).",
+            *_trivial_response_note(at_step),
+        ]
+        figures.append(
             (
                 "response_std",
                 response_std_figure(records),
                 "Layer response std per 3x3 layer, original and sorted order.",
-            ),
-        ],
-    )
+            )
+        )
+    return Section("Forward signal", paragraphs=paragraphs, figures=figures)
 
 
 def _spectra_section(spectra: pd.DataFrame, spectra_summary: pd.DataFrame) -> Section:

@@ -46,7 +46,7 @@ def test_report_html_mentions_both_models_and_embeds_figures(report):
     out, _ = report
     html = (out / "report.html").read_text()
     assert "plain20" in html and "resnet20" in html
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == 5
     assert "synthetic" in html  # says plainly what data it was made on
 
 
@@ -55,7 +55,8 @@ def test_figures_load(report):
     names = {p.name for p in (out / "figures").glob("*.png")}
     assert names == {
         "activation_grad_norm.png",
-        "response_std.png",
+        "shortcut_grad_share.png",
+        "signal_propagation.png",  # at init: not the flat Figure 7 panel
         "cumulative_spectra.png",
         "block_spectra.png",
     }

@@ -60,7 +60,7 @@ def test_response_stats_merge_batches_in_float32():
 def test_probe_names_resolve_and_unknown_ones_are_rejected():
     probes = resolve_probes(["response_std", "activation_grad_rms", ResponseStd()])
     assert [type(p) for p in probes] == [ResponseStd, ActivationGradNorm]
-    assert len(resolve_probes(None)) == 7
+    assert len(resolve_probes(None)) == 10  # 7 + channel_variance, branch_variance, share
     with pytest.raises(UserInputError, match="unknown probe 'weights'"):
         resolve_probes("weights")
 

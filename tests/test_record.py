@@ -41,7 +41,9 @@ def test_frame_schema_and_dtypes():
     model = mlp()
     frame = record(model, torch.randn(6, 5), torch.randint(0, 3, (6,)), label="tiny")
     assert tuple(frame.columns) == FRAME_COLUMNS
-    assert set(frame.quantity) == set(QUANTITIES) - {"update_ratio"}
+    residual_only = {"branch_variance", "shortcut_grad_norm", "branch_grad_norm"}
+    residual_only.add("shortcut_grad_share")  # the MLP has no residual block
+    assert set(frame.quantity) == set(QUANTITIES) - {"update_ratio"} - residual_only
     assert (frame.model == "tiny").all() and (frame.step == 0).all()
     assert frame.stage.dtype == "Int64" and frame.block.dtype == "Int64"
     assert frame.value.dtype == np.float64 and frame.depth.dtype == np.int64
@@ -299,6 +301,9 @@ def test_forward_only_under_no_grad():
         "response_absmax",
         "weight_norm",
         "update_ratio",
+        "channel_mean_sq",  # forward signal propagation needs no gradient
+        "channel_variance",
+        "branch_variance",
     }
     # no optimiser step: nothing moved; NaN (undefined) exactly where ||w|| = 0 (BN biases)
     ratio, weight = values(frame, "update_ratio"), values(frame, "weight_norm")
@@ -308,6 +313,9 @@ def test_forward_only_under_no_grad():
         "response_mean",
         "response_absmax",
         "weight_norm",
+        "channel_mean_sq",
+        "channel_variance",
+        "branch_variance",
     }
 
 

@@ -84,7 +84,7 @@ def test_two_linear_blocks_give_the_gradient_split_of_their_known_jacobians():
     a1, a2 = first.linear.weight.detach(), second.linear.weight.detach()  # as stored
     x = torch.randn(6, 4, generator=generator, dtype=torch.float64)
     target = torch.randn(6, 4, generator=generator, dtype=torch.float64)
-    blocks = [(name, m, m.branch, m.shortcut) for name, m in model.named_children()]
+    blocks = list(model.named_children())  # branch and shortcut: found from the graph
     frame = signal_propagation(model, x, target, loss_fn=lambda out, t: (out * t).sum(),
                                blocks=blocks)  # fmt: skip
     # by hand: dL/dy2 = T; block 2 sums u2 = y1 (I + A2)^T and applies relu
@@ -107,11 +107,16 @@ def test_two_linear_blocks_give_the_gradient_split_of_their_known_jacobians():
     assert (u2 < 0).any()  # the relu mask is not trivial at this input
 
 
-def test_a_block_that_is_not_branch_plus_shortcut_and_a_model_without_blocks_are_user_errors():
+def test_blocks_must_be_paths_or_pairs_and_any_model_is_measured_through_its_structure():
     block = LinearResidual(torch.eye(3), relu=False)
-    model = nn.Sequential(block)
+    model = nn.Sequential(block, LinearResidual(torch.eye(3), relu=False))
     wrong = [("0", block, block.branch, lambda x: 2 * x)]
-    with pytest.raises(UserInputError, match="neither branch"):
+    with pytest.raises(UserInputError, match="module paths"):
         signal_propagation(model, torch.randn(4, 3), blocks=wrong)
-    with pytest.raises(UserInputError, match="not a gradflow zoo model"):
-        signal_propagation(model, torch.randn(4, 3))
+    x = torch.randn(4, 3)
+    frame = signal_propagation(model, x)  # gradflow.structure finds the blocks: 2x, then 4x
+    measured = frame.set_index(["quantity", "depth"]).value
+    variance = float(x.var(0, correction=0).mean())
+    for depth, (output, branch) in {1: (4, 1), 2: (16, 4)}.items():
+        assert measured[("channel_variance", depth)] == pytest.approx(output * variance, rel=1e-5)
+        assert measured[("branch_variance", depth)] == pytest.approx(branch * variance, rel=1e-5)

@@ -10,14 +10,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..figures import depth_panels_figure
 from ..report import paper_style
 
-SIGNAL_PANELS = (
-    ("channel_variance", "average channel variance"),
-    ("channel_mean_sq", "average channel squared mean"),
-    ("branch_variance", "residual branch variance (end of F)"),
-    ("shortcut_grad_share", r"shortcut share $\|g J_S\| / (\|g J_S\| + \|g J_F\|)$"),
-)
+SIGNAL_PANELS = ("channel_variance", "channel_mean_sq", "branch_variance", "shortcut_grad_share")
 
 
 def _palette(frame: pd.DataFrame) -> dict:
@@ -28,22 +24,7 @@ def _palette(frame: pd.DataFrame) -> dict:
 
 def signal_propagation_figure(frame: pd.DataFrame) -> plt.Figure:
     """Signal propagation plot: the four quantities of ``signal_propagation`` vs depth."""
-    paper_style()
-    panels = [(q, title) for q, title in SIGNAL_PANELS if q in set(frame.quantity)]
-    colours = _palette(frame)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, (quantity, title) in zip(axes[0], panels, strict=True):
-        data = frame[frame.quantity == quantity]
-        sns.lineplot(data=data, x="depth", y="value", hue="model", palette=colours, marker="o",
-                     markersize=3, ax=ax, legend=ax is axes[0][0])  # fmt: skip
-        if quantity != "shortcut_grad_share" and (data.value > 0).all():
-            ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("block boundary k (0: input of block 1)" if quantity.startswith("channel")
-                      else "residual block k")  # fmt: skip
-        ax.set_ylabel("")
-    fig.tight_layout()
-    return fig
+    return depth_panels_figure(frame, SIGNAL_PANELS)
 
 
 def gradient_correlation_figure(frame: pd.DataFrame) -> plt.Figure:
