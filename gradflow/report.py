@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,7 @@ class Report:
             if section.preformatted:
                 parts.append(f"<pre>{html.escape(section.preformatted)}</pre>")
             if section.table is not None:
-                parts.append(section.table.to_html(index=False, float_format=_fmt, border=0))
+                parts.append(_table_html(section.table))
             for stem, _, caption in section.figures:
                 data = base64.b64encode(pngs[stem]).decode("ascii")
                 parts.append(
@@ -134,6 +135,14 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _table_html(table: pd.DataFrame) -> str:
+    """A table in a horizontally scrolling container, headers breakable after underscores:
+    a wide table never runs past the right edge of the page (it scrolls inside its box)."""
+    text = table.to_html(index=False, float_format=_fmt, border=0)
+    text = re.sub(r"<th>([^<]*)</th>", lambda m: f"<th>{m[1].replace('_', '_<wbr>')}</th>", text)
+    return f'<div class="table-scroll">{text}</div>'
+
+
 def _markdown_table(table: pd.DataFrame) -> str:
     def cell(value) -> str:
         if isinstance(value, float):
@@ -156,6 +165,8 @@ th:first-child, td:first-child { text-align: left; }
 figure { margin: 1.2em 0; } img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #555; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.table-scroll { max-width: 100%; overflow-x: auto; }
+.table-scroll th { white-space: normal; vertical-align: bottom; max-width: 9em; }
 """
 
 
@@ -226,10 +237,15 @@ def _summary_section(result) -> Section:
         f"largest and {config.get('k')} smallest singular values per operator, depths "
         f"{config.get('depths')!s}."
     )
+    columns = (
+        "The table: response_std is the min-max range over the 3x3 layers; a condition "
+        "number marked >= is a lower bound (bottom singular values not converged); the full "
+        "table, with prod_smallest, is data/summary."
+    )
     return Section(
         "Summary",
-        paragraphs=[data_line, batch, *input_lines(result.meta), *result.verdicts()],
-        table=result.summary,
+        paragraphs=[data_line, batch, *input_lines(result.meta), *result.verdicts(), columns],
+        table=result.summary_display(),
     )
 
 
