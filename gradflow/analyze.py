@@ -52,15 +52,19 @@ class AnalysisResult:
     spectra_summary: pd.DataFrame
     summary: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    whatif: pd.DataFrame | None = None  # --whatif: gradflow.whatif.WHATIF_COLUMNS
 
     @property
     def frames(self) -> dict[str, pd.DataFrame]:
-        return {
+        frames = {
             "records": self.records,
             "spectra": self.spectra,
             "spectra_summary": self.spectra_summary,
             "summary": self.summary,
         }
+        if self.whatif is not None:
+            frames["whatif"] = self.whatif
+        return frames
 
     def verdict_frame(self) -> pd.DataFrame:
         """One verdict per analysed (model, step) (``gradflow.verdict.verdict_frame``)."""
@@ -78,7 +82,12 @@ class AnalysisResult:
     def summary_text(self) -> str:
         """The terminal summary: the table, then the verdict of each model."""
         table = self.summary_display().to_string(index=False, float_format=lambda v: f"{v:.3g}")
-        return table + "\n\n" + "\n".join(self.verdicts())
+        text = table + "\n\n" + "\n".join(self.verdicts())
+        if "whatif" in self.meta:
+            from .whatif import whatif_text
+
+            text += "\n\n" + whatif_text(self.whatif, self.meta["whatif"]["notes"])
+        return text
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """Write report.html, figures/, data/*.parquet|csv and meta.json into ``out``.
@@ -174,6 +183,7 @@ def analyze(
     seq_len: int | None = None,
     loss: str = "auto",
     model_options: str | None = None,
+    whatif: bool = False,
 ) -> AnalysisResult:
     """Measure gradient flow through each model as it is now, on one measurement batch.
 
@@ -192,6 +202,9 @@ def analyze(
     ``input_shape``, ``vocab_size``/``seq_len``, ``loss`` and ``model_options`` say what
     models outside the zoo are fed and built with (``gradflow.model_inputs``); each model's
     batch is built and checked (one forward, the loss) before any measurement starts.
+
+    ``whatif``: also measure the counterfactual nets of ``gradflow.whatif`` on the same
+    batches (``result.whatif``, "What would fix it" in the report).
     """
     pairs = labelled_models(models)
     config = AnalysisConfig(
@@ -213,6 +226,7 @@ def analyze(
         seq_len=seq_len,
         loss=loss,
         model_options=model_options,
+        whatif=whatif,
     )
     config.validate()
     if checkpoint and not isinstance(pairs[0][1], str):
@@ -305,7 +319,20 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     meta = analysis_meta(config, data.value, time.time() - started)
     meta["phase_seconds"] = timings
     meta["inputs"] = {label: probe.meta() for label, probe in probes.items()}
-    return AnalysisResult(records, spectra, spectra_summary, summary, meta)
+    result = AnalysisResult(records, spectra, spectra_summary, summary, meta)
+    if config.whatif:
+        add_whatif(result, config, dict(pairs), probes, data, device, step)
+    return result
+
+
+def add_whatif(result: AnalysisResult, config, specs: dict, probes: dict, data, device, step):
+    """``result.whatif`` and ``meta["whatif"]`` (notes, phase seconds): ``gradflow.whatif``."""
+    from . import whatif
+
+    found = whatif.plan(config, specs, probes, data, device)
+    records, spectra, timings = whatif.measure(config, found, step)
+    result.whatif = whatif.whatif_table(result, found, records, spectra)
+    result.meta["whatif"] = {"notes": found.notes, "phase_seconds": timings}
 
 
 def parse_depths(depths: str) -> str | list[int]:

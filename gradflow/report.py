@@ -212,6 +212,7 @@ def build_analysis_report(result) -> Report:
     models = list(result.summary["model"].unique())
     sections = [
         _summary_section(result),
+        *([_whatif_section(result)] if "whatif" in result.meta else []),
         _backward_section(result.records),
         _forward_section(result.records),
         _spectra_section(result.spectra, result.spectra_summary),
@@ -247,6 +248,24 @@ def _summary_section(result) -> Section:
         paragraphs=[data_line, batch, *input_lines(result.meta), *result.verdicts(), columns],
         table=result.summary_display(),
     )
+
+
+def _whatif_section(result) -> Section:
+    """--whatif: the counterfactual nets' headline numbers beside the analysed ones'."""
+    from .whatif import fix_sentences
+
+    table = result.whatif
+    about = (
+        "The counterfactual nets gradflow could build, fed the same batch and measured the "
+        "same way, at init: zoo nets with identity shortcuts (plainN -> resnetN), with "
+        "zero-gamma (the last BN gamma of every residual branch 0) and with pre-activation "
+        "(preresnetN); other models with residual blocks with zero-gamma on the last norm "
+        "of each branch, in a private copy. data/whatif holds this table and each verdict."
+    )
+    lines = fix_sentences(table) if table is not None and not table.empty else []
+    shown = table.drop(columns=["verdict", "step"]) if lines else None
+    notes = list(result.meta["whatif"]["notes"].values())
+    return Section("What would fix it", paragraphs=[about, *lines, *notes], table=shown)
 
 
 def _backward_section(records: pd.DataFrame) -> Section:
