@@ -9,13 +9,13 @@ as it is given (or built from its name, or loaded from a checkpoint), it measure
 - the block and cumulative Jacobian spectra on a few samples of the batch (eval-mode BN with
   running statistics calibrated on the measurement batch in a copy of the model);
 
-and condenses them into one summary row per model and a plain-language verdict.
+and condenses them into one summary row per model and a plain-language verdict
+(``gradflow.verdict``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
@@ -36,11 +36,10 @@ from .errors import ParameterError, UserInputError
 from .model_inputs import OnDemand, probe_for
 from .provenance import data_meta, run_meta
 from .summaries import SUMMARY_COLUMNS, spectra_summary_by_step, summary_table
+from .verdict import summary_display, verdict_frame
 
 __all__ = ["SUMMARY_COLUMNS", "AnalysisConfig", "AnalysisResult", "analyze", "check_out"]
 
-# A smallest singular value below this fraction of the largest counts as zero (rank-deficient).
-RANK_DEFICIENT = 1e-6
 REPORT_KIND = "analysis-report"
 
 
@@ -53,27 +52,42 @@ class AnalysisResult:
     spectra_summary: pd.DataFrame
     summary: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    whatif: pd.DataFrame | None = None  # --whatif: gradflow.whatif.WHATIF_COLUMNS
 
     @property
     def frames(self) -> dict[str, pd.DataFrame]:
-        return {
+        frames = {
             "records": self.records,
             "spectra": self.spectra,
             "spectra_summary": self.spectra_summary,
             "summary": self.summary,
         }
+        if self.whatif is not None:
+            frames["whatif"] = self.whatif
+        return frames
+
+    def verdict_frame(self) -> pd.DataFrame:
+        """One verdict per analysed (model, step) (``gradflow.verdict.verdict_frame``)."""
+        initial = not self.meta.get("config", {}).get("checkpoint")
+        return verdict_frame(self.records, self.spectra_summary, self.summary, initial=initial)
 
     def verdicts(self) -> list[str]:
-        """One plain-language line per analysed (model, step)."""
-        return [verdict(row) for row in self.summary.to_dict("records")]
+        """One or two plain-language sentences per analysed (model, step)."""
+        return self.verdict_frame()["verdict"].tolist()
+
+    def summary_display(self) -> pd.DataFrame:
+        """The summary table as shown in the terminal and the report (fewer, merged columns)."""
+        return summary_display(self.summary, self.verdict_frame())
 
     def summary_text(self) -> str:
-        """The terminal summary: the table, then one line per model."""
-        shown = self.summary.drop(columns=["prod_smallest", "prod_bottom_converged"])
-        if shown["step"].nunique() == 1:
-            shown = shown.drop(columns="step")
-        table = shown.to_string(index=False, float_format=lambda v: f"{v:.3g}")
-        return table + "\n\n" + "\n".join(self.verdicts())
+        """The terminal summary: the table, then the verdict of each model."""
+        table = self.summary_display().to_string(index=False, float_format=lambda v: f"{v:.3g}")
+        text = table + "\n\n" + "\n".join(self.verdicts())
+        if "whatif" in self.meta:
+            from .whatif import whatif_text
+
+            text += "\n\n" + whatif_text(self.whatif, self.meta["whatif"]["notes"])
+        return text
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """Write report.html, figures/, data/*.parquet|csv and meta.json into ``out``.
@@ -105,43 +119,6 @@ def check_out(out: Path, *, overwrite: bool) -> None:
     a file, a folder of someone else's files (even when overwriting), or an earlier report
     unless ``overwrite``."""
     outdir.check_target(Path(out), REPORT_KIND, force=overwrite)
-
-
-def verdict(row: dict) -> str:
-    """A sentence on one summary row: how the gradient scales, how conditioned prod J is."""
-    ratio = row["grad_log10_ratio"]
-    if not math.isfinite(ratio):
-        flow = "gradient norm is not finite somewhere (see the records)"
-    elif abs(ratio) < 0.3:
-        flow = f"gradient norm is preserved from output to input (10^{ratio:+.2f})"
-    elif ratio > 0:
-        flow = f"gradient grows 10^{ratio:.1f}x from output to input"
-    else:
-        flow = f"gradient shrinks 10^{-ratio:.1f}x from output to input"
-    spectrum = _spectrum_sentence(row)
-    step = f" (step {row['step']})" if row.get("step") else ""
-    return f"{row['model']}{step}: {flow}; {spectrum}."
-
-
-def _spectrum_sentence(row: dict) -> str:
-    """Largest and RMS singular values of prod J at the deepest depth, and its conditioning.
-
-    The top values converge fast and the RMS (Hutchinson) is unbiased; the bottom values
-    are either converged, or Ritz upper bounds (so the condition number is a lower bound),
-    or ~0 because inactive ReLU outputs make the map rank-deficient.
-    """
-    largest, rms = row["prod_largest"], row["prod_rms"]
-    if not math.isfinite(largest):
-        return "cumulative Jacobian spectrum not available"
-    text = (
-        f"prod J to block {row['prod_depth']}: largest singular value {largest:.3g}, RMS {rms:.3g}"
-    )
-    smallest, cond = row["prod_smallest"], row["prod_log10_condition"]
-    if not smallest > RANK_DEFICIENT * largest:
-        return text + ", rank-deficient (smallest ~0: inactive ReLU outputs)"
-    if row["prod_bottom_converged"]:
-        return text + f", condition number 10^{cond:.1f}"
-    return text + f", condition number >= 10^{cond:.1f} (bottom values not converged)"
 
 
 def summarize(records: pd.DataFrame, spectra_summary: pd.DataFrame) -> pd.DataFrame:
@@ -206,6 +183,7 @@ def analyze(
     seq_len: int | None = None,
     loss: str = "auto",
     model_options: str | None = None,
+    whatif: bool = False,
 ) -> AnalysisResult:
     """Measure gradient flow through each model as it is now, on one measurement batch.
 
@@ -224,6 +202,9 @@ def analyze(
     ``input_shape``, ``vocab_size``/``seq_len``, ``loss`` and ``model_options`` say what
     models outside the zoo are fed and built with (``gradflow.model_inputs``); each model's
     batch is built and checked (one forward, the loss) before any measurement starts.
+
+    ``whatif``: also measure the counterfactual nets of ``gradflow.whatif`` on the same
+    batches (``result.whatif``, "What would fix it" in the report).
     """
     pairs = labelled_models(models)
     config = AnalysisConfig(
@@ -245,6 +226,7 @@ def analyze(
         seq_len=seq_len,
         loss=loss,
         model_options=model_options,
+        whatif=whatif,
     )
     config.validate()
     if checkpoint and not isinstance(pairs[0][1], str):
@@ -337,7 +319,20 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     meta = analysis_meta(config, data.value, time.time() - started)
     meta["phase_seconds"] = timings
     meta["inputs"] = {label: probe.meta() for label, probe in probes.items()}
-    return AnalysisResult(records, spectra, spectra_summary, summary, meta)
+    result = AnalysisResult(records, spectra, spectra_summary, summary, meta)
+    if config.whatif:
+        add_whatif(result, config, dict(pairs), probes, data, device, step)
+    return result
+
+
+def add_whatif(result: AnalysisResult, config, specs: dict, probes: dict, data, device, step):
+    """``result.whatif`` and ``meta["whatif"]`` (notes, phase seconds): ``gradflow.whatif``."""
+    from . import whatif
+
+    found = whatif.plan(config, specs, probes, data, device)
+    records, spectra, timings = whatif.measure(config, found, step)
+    result.whatif = whatif.whatif_table(result, found, records, spectra)
+    result.meta["whatif"] = {"notes": found.notes, "phase_seconds": timings}
 
 
 def parse_depths(depths: str) -> str | list[int]:

@@ -116,6 +116,12 @@ class AnalysisConfig:
         metavar="K=V,...",
         help="keyword options of the model's constructor, e.g. n_layer=12,n_embd=256 for hf:gpt2",
     )
+    whatif: bool = option(
+        False,
+        help="also analyse the counterfactual nets gradflow can build at init (zoo nets: with "
+        "identity shortcuts, zero-gamma, pre-activation; models with residual blocks: "
+        "zero-gamma on each branch's last norm) and tabulate them side by side",
+    )
 
     def validate(self) -> None:
         """Raise UserInputError (naming the parameter) for settings that cannot work."""
@@ -129,6 +135,10 @@ class AnalysisConfig:
             raise ParameterError("models", "no model given: name at least one, e.g. resnet56")
         if self.checkpoint and len(self.models) != 1:
             raise ParameterError("checkpoint", "checkpoint applies to one model: pass exactly one")
+        if self.whatif and self.checkpoint:
+            raise ParameterError(
+                "whatif", "whatif compares nets at init: drop checkpoint, or whatif"
+            )
         check_options(self)
 
 

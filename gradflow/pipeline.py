@@ -37,7 +37,7 @@ def run_analysis(config: AnalysisConfig) -> AnalysisResult:
             train_timings.append(
                 {"model": name, "step": config.steps, "phase": "train", "seconds": seconds}
             )
-        options.update(init=None, checkpoint=None)
+        options.update(init=None, checkpoint=None, whatif=False)  # whatif: at init only
         after = analyze(trained, step=config.steps, **options)
     return merge(config, [initial, after], train_timings, time.time() - started)
 
@@ -92,4 +92,4 @@ def merge(
         "phase_seconds": timings,
     }
     summary = summary_table(records, spectra_summary)
-    return AnalysisResult(records, spectra, spectra_summary, summary, meta)
+    return AnalysisResult(records, spectra, spectra_summary, summary, meta, parts[0].whatif)

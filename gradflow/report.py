@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ class Report:
             if section.preformatted:
                 parts.append(f"<pre>{html.escape(section.preformatted)}</pre>")
             if section.table is not None:
-                parts.append(section.table.to_html(index=False, float_format=_fmt, border=0))
+                parts.append(_table_html(section.table))
             for stem, _, caption in section.figures:
                 data = base64.b64encode(pngs[stem]).decode("ascii")
                 parts.append(
@@ -136,6 +137,14 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _table_html(table: pd.DataFrame) -> str:
+    """A table in a horizontally scrolling container, headers breakable after underscores:
+    a wide table never runs past the right edge of the page (it scrolls inside its box)."""
+    text = table.to_html(index=False, float_format=_fmt, border=0)
+    text = re.sub(r"<th>([^<]*)</th>", lambda m: f"<th>{m[1].replace('_', '_<wbr>')}</th>", text)
+    return f'<div class="table-scroll">{text}</div>'
+
+
 def _markdown_table(table: pd.DataFrame) -> str:
     def cell(value) -> str:
         if isinstance(value, float):
@@ -158,6 +167,8 @@ th:first-child, td:first-child { text-align: left; }
 figure { margin: 1.2em 0; } img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #555; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.table-scroll { max-width: 100%; overflow-x: auto; }
+.table-scroll th { white-space: normal; vertical-align: bottom; max-width: 9em; }
 """
 
 
@@ -203,6 +214,7 @@ def build_analysis_report(result) -> Report:
     models = list(result.summary["model"].unique())
     sections = [
         _summary_section(result),
+        *([_whatif_section(result)] if "whatif" in result.meta else []),
         _backward_section(result.records),
         _forward_section(result.records, result.meta),
         _spectra_section(result.spectra, result.spectra_summary),
@@ -228,11 +240,34 @@ def _summary_section(result) -> Section:
         f"largest and {config.get('k')} smallest singular values per operator, depths "
         f"{config.get('depths')!s}."
     )
+    columns = (
+        "The table: response_std is the min-max range over the 3x3 layers; a condition "
+        "number marked >= is a lower bound (bottom singular values not converged); the full "
+        "table, with prod_smallest, is data/summary."
+    )
     return Section(
         "Summary",
-        paragraphs=[data_line, batch, *input_lines(result.meta), *result.verdicts()],
-        table=result.summary,
+        paragraphs=[data_line, batch, *input_lines(result.meta), *result.verdicts(), columns],
+        table=result.summary_display(),
     )
+
+
+def _whatif_section(result) -> Section:
+    """--whatif: the counterfactual nets' headline numbers beside the analysed ones'."""
+    from .whatif import fix_sentences
+
+    table = result.whatif
+    about = (
+        "The counterfactual nets gradflow could build, fed the same batch and measured the "
+        "same way, at init: zoo nets with identity shortcuts (plainN -> resnetN), with "
+        "zero-gamma (the last BN gamma of every residual branch 0) and with pre-activation "
+        "(preresnetN); other models with residual blocks with zero-gamma on the last norm "
+        "of each branch, in a private copy. data/whatif holds this table and each verdict."
+    )
+    lines = fix_sentences(table) if table is not None and not table.empty else []
+    shown = table.drop(columns=["verdict", "step"]) if lines else None
+    notes = list(result.meta["whatif"]["notes"].values())
+    return Section("What would fix it", paragraphs=[about, *lines, *notes], table=shown)
 
 
 def _backward_section(records: pd.DataFrame) -> Section:

@@ -9,7 +9,7 @@ import torch
 
 import gradflow as gf
 from gradflow import summaries
-from gradflow.analyze import verdict
+from gradflow.verdict import verdict_frame
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,9 @@ def test_plain_vs_residual_gradient_contrast_is_pinned(batch):
     assert ratio["plain56"] - ratio["resnet56"] > 2.0  # the stated margin of the contrast
     table = summaries.summary_table(frame, pd.DataFrame())
     assert table["blocks"].tolist() == [27, 27]
-    lines = [verdict(row) for row in table.to_dict("records")]
-    assert lines[0].startswith("plain56: gradient grows 10^4.1x from output to input")
-    assert lines[1].startswith("resnet56: gradient grows 10^1.6x from output to input")
+    lines = verdict_frame(frame, pd.DataFrame(), table)["verdict"].tolist()
+    assert lines[0].startswith("plain56: exploding gradient: it grows 10^4.1x from output to input")
+    assert lines[1].startswith("resnet56: growing gradient: it grows 10^1.6x from output to input")
 
 
 def test_zero_gamma_gradient_ratio_sign_is_pinned(batch):
