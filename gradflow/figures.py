@@ -145,6 +145,17 @@ def block_spectra_figure(spectra: pd.DataFrame) -> plt.Figure:
 # ----------------------------------------------------------------------- training curves
 
 
+def _seed_line(ax: plt.Axes, line: pd.DataFrame, **style) -> None:
+    """``value`` vs ``step``: the mean over seeds, and their min-max band if several."""
+    by_step = line.groupby("step")["value"]
+    mean = by_step.mean()
+    ax.plot(mean.index, mean.to_numpy(), **style)
+    if "seed" in line and line["seed"].nunique() > 1:
+        low, high = by_step.min(), by_step.max()
+        ax.fill_between(low.index, low.to_numpy(), high.to_numpy(), color=style["color"],
+                        alpha=0.2, linewidth=0)  # fmt: skip
+
+
 def training_curves_figure(
     history: pd.DataFrame,
     panels: dict[str, Sequence[str]] | None = None,
@@ -157,23 +168,27 @@ def training_curves_figure(
     ``history`` is the trainer's tidy frame (model, step, split, quantity, value).
     ``panels`` maps a panel title to the models drawn in it (default: one panel, all models);
     the i-th model of every panel gets the i-th colour, so plain-20 and ResNet-20 match.
+    With several seeds (a ``seed`` column) each line is the mean over seeds at each step and
+    a band of the same colour spans the seeds' min to max.
     """
     paper_style()
     data = history[history["quantity"] == quantity]
     panels = panels or {"": list(data["model"].unique())}
     palette = sns.color_palette(n_colors=max(len(m) for m in panels.values()))
+    several = "seed" in data and data["seed"].nunique() > 1
+    band = "\nline: mean, band: range over seeds" if several else ""
     fig, axes = plt.subplots(
         1, len(panels), figsize=(5.2 * len(panels), 3.8), sharey=True, squeeze=False
     )
     for ax, (title, models) in zip(axes[0], panels.items(), strict=True):
         for color, model in zip(palette, models, strict=False):
             for split, width in (("train", 0.9), (evaluation, 2.2)):
-                line = data[(data["model"] == model) & (data["split"] == split)].sort_values("step")
+                line = data[(data["model"] == model) & (data["split"] == split)]
                 label = model if split == evaluation else None
-                ax.plot(line["step"], line["value"], color=color, lw=width, label=label)
+                _seed_line(ax, line, color=color, lw=width, label=label)
         ax.set_title(title)
         ax.set_xlabel("iteration")
-        ax.legend(fontsize="small", title=f"thin: train, bold: {evaluation}")
+        ax.legend(fontsize="small", title=f"thin: train, bold: {evaluation}" + band)
     axes[0, 0].set_ylabel(f"{quantity} (%)" if quantity == "error" else quantity)
     fig.tight_layout()
     return fig

@@ -323,7 +323,9 @@ def test_every_scale_preset_names_real_models_inits_and_valid_settings(scale, on
     from gradflow.models import get_model_info
 
     preset = common.SCALES[scale]
-    assert set(preset.models) == {"fig1", "fig6", "fig4", "fig7", "zero_gamma", "jacobian"}
+    assert set(preset.models) == {
+        "fig1", "fig6", "fig4", "fig7", "zero_gamma", "jacobian", "seed_spread"
+    }  # fmt: skip
     args = common.parse_args("fig6_cifar_depth.py", "", ["--scale", scale, "--quiet"])
     for key in preset.models:
         experiment = common.Experiment(args, key)

@@ -21,6 +21,7 @@ EXPERIMENTS = (
     "hessian_spectra",
     "jacobian_spectra",
     "lesion_study",
+    "seed_spread",
     "shattered_gradients",
     "zero_gamma_ablation",
 )

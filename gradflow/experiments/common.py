@@ -1,9 +1,10 @@
 """What every experiment script shares: scale presets, arguments, runs and reports.
 
 A script builds an ``Experiment`` from its command line (``--scale smoke|small|full``,
-``--out``, ``--data``, ``--data-dir``, ``--cache``, ``--seed``, ``--quiet``), asks it for
-trained runs (``experiment.run(model, init)``: trained once, then loaded from the run cache
-by every script that asks for the same training settings, see ``run_cache``) and writes its
+``--out``, ``--data``, ``--data-dir``, ``--cache``, ``--seed`` or ``--seeds``, ``--quiet``),
+asks it for trained runs (``experiment.run(model, init, seed=...)``: trained once, then
+loaded from the run cache by every script that asks for the same training settings, see
+``run_cache``; ``seeds``: the comparisons over several seeds) and writes its
 report with ``experiment.write_report``: README.md with the figures inline, PNGs, a CSV per
 frame and meta.json (command, data, scale, wall time, versions, which runs were reused).
 """
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +42,13 @@ from .reporting import (
     write_report,
 )
 from .run_cache import DONE, RunFailed, cached_run, run_dir, run_key
+from .seeds import compare_seeds, seed_list, seed_table
 
 __all__ = [
     "DONE", "INITS", "SCALES", "STEP_SECONDS", "Experiment", "RunFailed", "Scale",
-    "TrainConfig", "TrainResult", "cached_run", "compare", "compare_rows", "deepest_spectra",
-    "entry", "experiment_main", "final_errors", "gradient_log10_ratio", "histories",
-    "parse_args", "run_dir", "run_key", "shown", "start",
+    "TrainConfig", "TrainResult", "cached_run", "compare", "compare_rows", "compare_seeds",
+    "deepest_spectra", "entry", "experiment_main", "final_errors", "gradient_log10_ratio",
+    "histories", "parse_args", "run_dir", "run_key", "seed_table", "shown", "start",
 ]  # fmt: skip
 
 
@@ -84,6 +87,8 @@ PAPER_MODELS = {
     "fig7": ("plain20", "plain56", "resnet20", "resnet56", "resnet110"),
     "zero_gamma": tuple(f"{model}:{init}" for model in ("resnet56", "resnet110") for init in INITS),
     "jacobian": ("plain20", "resnet20", "plain56", "resnet56", "resnet110"),
+    # fig1's pair, fig6's 20- and 56-layer pairs, the ablation's ResNet-56 he / zero-gamma
+    "seed_spread": ("plain20", "resnet20", "plain56", "resnet56", "resnet56:zero_gamma"),
 }
 
 # Seconds per SGD step (forward + backward + update, batch 128, 1 x 32 x 32, one torch thread)
@@ -158,21 +163,49 @@ class ExperimentOptions:
     cache: str = option(
         "runs", help="run cache shared by the scripts (default: runs/ in the working directory)"
     )
-    seed: int = option(0, help="seed of the initial weights, data order and measurement batch")
+    seed: int = option(
+        0, help="seed of the initial weights, data order and measurement batch (default 0)"
+    )
+    seeds: tuple[int, ...] | None = option(
+        None,
+        type=seed_list,
+        metavar="A,B,...",
+        help="train and report several seeds (e.g. 0,1,2): mean, spread and per-seed values, "
+        "and a difference within the seeds' spread called within noise (the rule: "
+        "gradflow/experiments/seeds.py); the first seed also seeds the measurement batch. "
+        "Only for experiments that compare training runs (fig1, fig6, seed_spread)",
+    )
     quiet: bool = option(False, help="no progress on stderr")
     plan: bool = option(False, help="list the runs and the estimated time, then stop")
 
 
-def parse_args(script: str, description: str, argv: list[str] | None) -> argparse.Namespace:
+def parse_args(
+    script: str,
+    description: str,
+    argv: list[str] | None,
+    seeds: tuple[int, ...] | None = None,
+) -> argparse.Namespace:
     """The shared command line of ``script`` (its file path); ``--out`` defaults to
     reports/<script name> at small scale (the committed reports), else under runs/, both
-    relative to the working directory."""
+    relative to the working directory. ``args.seeds`` is always a tuple (``--seeds``, else
+    ``--seed``, else ``seeds``) and ``args.seed`` its first seed. ``seeds``: the default
+    seeds of an experiment that reports several; None: one seed only (default 0), and
+    ``--seeds`` with more than one is a user error."""
     experiment = Path(script).stem
     parser = argparse.ArgumentParser(
         prog=f"gradflow reproduce {experiment}", description=description
     )
-    add_options(parser, ExperimentOptions)
+    add_options(parser, ExperimentOptions, defaults={"seed": None})
     args = parser.parse_args(argv)
+    if args.seeds and args.seed is not None:
+        parser.error("give either --seed N (one seed) or --seeds A,B,... (several), not both")
+    args.seeds = args.seeds or ((args.seed,) if args.seed is not None else tuple(seeds or (0,)))
+    args.seed = args.seeds[0]
+    if seeds is None and len(args.seeds) > 1:
+        raise UserInputError(
+            f"{experiment} reports one seed; --seeds is for the experiments that compare "
+            "training runs (fig1_degradation, fig6_cifar_depth, seed_spread): use --seed N"
+        )
     args.experiment = experiment
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.out is None:  # relative to the working directory (the repository root)
@@ -181,22 +214,33 @@ def parse_args(script: str, description: str, argv: list[str] | None) -> argpars
     return args
 
 
-def start(script: str, doc: str, argv: list[str] | None, key: str) -> Experiment | None:
+def start(
+    script: str,
+    doc: str,
+    argv: list[str] | None,
+    key: str,
+    *,
+    seeds: tuple[int, ...] | None = None,
+) -> Experiment | None:
     """The experiment of ``script`` (its file; ``doc``: its docstring) from its command line,
-    or None when ``--plan`` has printed its runs and nothing should be trained."""
-    experiment = Experiment(parse_args(script, doc.splitlines()[0], argv), key)
+    or None when ``--plan`` has printed its runs and nothing should be trained (``seeds``: as
+    for ``parse_args``)."""
+    experiment = Experiment(parse_args(script, doc.splitlines()[0], argv, seeds), key)
     return None if experiment.plan() else experiment
 
 
-def experiment_main(key: str) -> Callable[[Callable[[Experiment], None]], Callable]:
+def experiment_main(
+    key: str, *, seeds: tuple[int, ...] | None = None
+) -> Callable[[Callable[[Experiment], None]], Callable]:
     """Decorator: ``report(experiment)`` becomes its module's ``main(argv)``, which parses the
-    shared command line, prints the plan for ``--plan``, else runs ``report``."""
+    shared command line, prints the plan for ``--plan``, else runs ``report``. ``seeds``: as
+    for ``start`` (an experiment that handles several seeds passes its default, e.g. (0,))."""
 
     def decorate(report: Callable[[Experiment], None]) -> Callable[[list[str] | None], None]:
         module = sys.modules[report.__module__]
 
         def main(argv: list[str] | None = None) -> None:
-            experiment = start(module.__file__, module.__doc__ or "", argv, key)
+            experiment = start(module.__file__, module.__doc__ or "", argv, key, seeds=seeds)
             if experiment is not None:
                 report(experiment)
 
@@ -214,6 +258,11 @@ def entry(main, argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_label(model: str, init: str) -> str:
+    """A run's label in frames and reports: the model, followed by its init unless he."""
+    return model if init == "he" else f"{model} {init}"
 
 
 # ----------------------------------------------------------------------------- experiment
@@ -237,8 +286,14 @@ class Experiment:
         """(model, init) pairs of this experiment at this scale ("model:init" or "model")."""
         return [tuple(f"{entry}:he".split(":")[:2]) for entry in self.scale.models[self.key]]
 
-    def config(self, model: str, init: str = "he") -> TrainConfig:
-        """The one TrainConfig of (model, init) at this scale: equal settings share a run."""
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seeds this experiment trains every run with (``--seeds``, else ``--seed``)."""
+        return tuple(self.args.seeds)
+
+    def config(self, model: str, init: str = "he", seed: int | None = None) -> TrainConfig:
+        """The one TrainConfig of (model, init) at this scale and ``seed`` (default: the
+        first seed): equal settings share a run."""
         from gradflow.models import get_model_info
 
         scale, synthetic = self.scale, self.data == "synthetic"
@@ -260,7 +315,7 @@ class Experiment:
             record_every=max(1, iterations // scale.records),
             checkpoint_every=max(1, iterations // scale.checkpoints),
             warmup_iterations=scale.warmup_iterations if model in WARMUP_MODELS else 0,
-            seed=self.args.seed,
+            seed=self.args.seed if seed is None else seed,
             progress=not self.args.quiet,
         )
 
@@ -271,14 +326,17 @@ class Experiment:
         *,
         label: str | None = None,
         may_diverge: bool = False,
+        seed: int | None = None,
     ) -> TrainResult | None:
-        """The trained run of (model, init), from the cache if there; if it diverged, None
-        when ``may_diverge`` (an ablation reports it), else RunFailed (exit code 2)."""
-        config = replace(self.config(model, init), label=label)
+        """The trained run of (model, init) with ``seed`` (default: the first), from the cache
+        if there; if it diverged, None when ``may_diverge`` (an ablation reports it), else
+        RunFailed (exit code 2)."""
+        config = replace(self.config(model, init, seed), label=label)
         name = label or model
         folder = run_dir(config, self.args.cache).name
-        self.log(f"{name}: {config.iterations} iterations (cache {folder})")
-        entry = {"label": name, "model": model, "init": init, "iterations": config.iterations}
+        self.log(f"{name} seed {config.seed}: {config.iterations} iterations (cache {folder})")
+        entry = {"label": name, "model": model, "init": init, "seed": config.seed,
+                 "iterations": config.iterations}  # fmt: skip
         try:
             result = cached_run(config, self.args.cache)
         except RunFailed as err:
@@ -302,10 +360,16 @@ class Experiment:
         return result
 
     def train_all(self) -> tuple[dict[str, TrainResult], pd.DataFrame, pd.DataFrame]:
-        """Every model of this experiment trained (or loaded): the runs, their stacked
-        histories and the table of final errors."""
-        results = {model: self.run(model) for model, _ in self.models()}
-        return results, histories(results), final_errors(results)
+        """Every model of this experiment trained (or loaded) with every seed: the first
+        seed's runs, and every seed's stacked histories and final errors (long frames with a
+        ``seed`` column, one row per model and seed)."""
+        runs = {seed: {run_label(model, init): self.run(model, init, label=run_label(model, init),
+                                                        seed=seed)
+                       for model, init in self.models()}
+                for seed in self.seeds}  # fmt: skip
+        history = pd.concat([histories(r) for r in runs.values()], ignore_index=True)
+        table = pd.concat([final_errors(r) for r in runs.values()], ignore_index=True)
+        return runs[self.seeds[0]], history, table
 
     def estimate_seconds(self) -> pd.DataFrame:
         """Per run: cached or not, and the estimated training + evaluation seconds on the
@@ -313,8 +377,8 @@ class Experiment:
         rows = []
         test_images = {"synthetic": 2000}.get(self.data, 10_000)
         area = (self.scale.image_size if self.data == "synthetic" else 32) ** 2 / 1024
-        for model, init in self.models():
-            config = self.config(model, init)
+        for (model, init), seed in product(self.models(), self.seeds):
+            config = self.config(model, init, seed)
             step, per_500 = STEP_SECONDS.get(model, (np.nan, np.nan))
             passes = config.iterations // config.eval_every + (
                 config.iterations % config.eval_every > 0
@@ -324,7 +388,8 @@ class Experiment:
                 + passes * per_500 * test_images / 500
             )
             cached = (run_dir(config, self.args.cache) / DONE).exists()
-            rows.append({"model": model, "init": init, "iterations": config.iterations,
+            rows.append({"model": model, "init": init, "seed": seed,
+                         "iterations": config.iterations,
                          "cached": cached, "seconds": 0.0 if cached else seconds,
                          "standalone_seconds": seconds})  # fmt: skip
         return pd.DataFrame(rows)

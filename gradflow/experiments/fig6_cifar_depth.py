@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from gradflow.report import Section, training_curves_figure
 
-from .common import Experiment, compare_rows, experiment_main, shown
+from .common import Experiment, experiment_main, shown
+from .seeds import compare_seeds, errors_by_seed, seed_frames, seeds_paragraph
 
 # Table 6, CIFAR-10 test error (%) after 64k iterations (ResNet-110: best of 5 runs)
 PAPER_TABLE_6 = {
@@ -21,32 +22,36 @@ PAPER_TABLE_6 = {
 FIGURE_6 = "paper Figure 6"
 
 
-@experiment_main("fig6")
+def paper_column(table):
+    """``table`` with Table 6's CIFAR-10 test error of each model (NaN where it has none)."""
+    return table.assign(paper_test_error_cifar10=table.model.map(PAPER_TABLE_6))
+
+
+@experiment_main("fig6", seeds=(0,))
 def main(experiment: Experiment) -> None:
     """Train or load the runs, measure, write the report (see the module doc)."""
     results, history, table = experiment.train_all()
-    table["paper_test_error_cifar10"] = table.model.map(PAPER_TABLE_6)
-    final = table.set_index("model")
+    table = paper_column(table)
     plain = [m for m in results if m.startswith("plain")]
     resnet = [m for m in results if m.startswith("resnet")]
     shallow, deep = plain[0], plain[-1]
     comparisons = [
-        compare_rows(final, deep, shallow, "train_error", quantity="training error",
-                     expected="higher",
-                     paper=f"{FIGURE_6} left: deeper plain nets have higher training error"),
-        compare_rows(final, resnet[-1], resnet[0], "train_error", quantity="training error",
-                     expected="lower",
-                     paper=f"{FIGURE_6} middle: deeper ResNets have lower training error"),
-        compare_rows(final, resnet[-1], resnet[0], "test_error", quantity="test error",
-                     expected="lower",
-                     paper=f"Table 6: {resnet[0]} {PAPER_TABLE_6.get(resnet[0])}%, "
-                     f"{resnet[-1]} {PAPER_TABLE_6.get(resnet[-1])}% on CIFAR-10"),
+        compare_seeds(table, deep, shallow, "train_error", quantity="training error",
+                      expected="higher",
+                      paper=f"{FIGURE_6} left: deeper plain nets have higher training error"),
+        compare_seeds(table, resnet[-1], resnet[0], "train_error", quantity="training error",
+                      expected="lower",
+                      paper=f"{FIGURE_6} middle: deeper ResNets have lower training error"),
+        compare_seeds(table, resnet[-1], resnet[0], "test_error", quantity="test error",
+                      expected="lower",
+                      paper=f"Table 6: {resnet[0]} {PAPER_TABLE_6.get(resnet[0])}%, "
+                      f"{resnet[-1]} {PAPER_TABLE_6.get(resnet[-1])}% on CIFAR-10"),
     ]  # fmt: skip
     for plain_net in plain:
         residual = plain_net.replace("plain", "resnet")
-        if residual in final.index:
-            comparisons.append(compare_rows(
-                final, residual, plain_net, "train_error", quantity="training error",
+        if residual in set(table.model):
+            comparisons.append(compare_seeds(
+                table, residual, plain_net, "train_error", quantity="training error",
                 expected="lower",
                 paper=f"{FIGURE_6}: a ResNet trains better than its plain counterpart",
             ))  # fmt: skip
@@ -57,9 +62,10 @@ def main(experiment: Experiment) -> None:
             "Thin lines: training error (running average since the previous point); bold "
             "lines: test error. One colour per depth; plain nets left, ResNets right. The "
             "paper's column is its CIFAR-10 result after 64k iterations: a reference for the "
-            "ordering, not a number this scale can match."
+            "ordering, not a number this scale can match.",
+            *seeds_paragraph(experiment.seeds),
         ],
-        table=shown(table),
+        table=shown(paper_column(errors_by_seed(table))),
         figures=[
             (
                 "training_curves",
@@ -71,6 +77,6 @@ def main(experiment: Experiment) -> None:
     experiment.write_report(
         "Figure 6 / Table 6: plain and residual nets of increasing depth",
         [section],
-        {"history": history, "final_errors": table},
+        {"history": history, "final_errors": table, **seed_frames(table)},
         comparisons,
     )

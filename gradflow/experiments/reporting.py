@@ -77,7 +77,8 @@ def compare(
 
 
 def final_errors(results: dict[str, TrainResult]) -> pd.DataFrame:
-    """One row per run: final training and test error (%), best test error, parameters."""
+    """One row per run: its seed, final training and test error (%), best test error,
+    parameters."""
     from gradflow.models import count_parameters
 
     rows = []
@@ -87,19 +88,22 @@ def final_errors(results: dict[str, TrainResult]) -> pd.DataFrame:
         rows.append(
             {
                 "model": label,
+                "seed": result.config.seed,
                 "params": count_parameters(result.model),
                 "train_error": result.final("train"),
                 "test_error": result.final("test"),
                 "best_test_error": float(test.min()),
             }
         )
-    columns = ["model", "params", "train_error", "test_error", "best_test_error"]
+    columns = ["model", "seed", "params", "train_error", "test_error", "best_test_error"]
     return pd.DataFrame(rows, columns=columns)
 
 
 def histories(results: dict[str, TrainResult]) -> pd.DataFrame:
-    """All runs' history frames stacked (the model column holds each run's label)."""
-    return pd.concat([r.history for r in results.values()], ignore_index=True)
+    """All runs' history frames stacked (the model column holds each run's label, the seed
+    column its seed)."""
+    frames = [r.history.assign(seed=r.config.seed) for r in results.values()]
+    return pd.concat(frames, ignore_index=True)
 
 
 def deepest_spectra(summary: pd.DataFrame) -> pd.DataFrame:
