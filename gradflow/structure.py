@@ -42,7 +42,7 @@ from .trace import Stop, Trace, capture, first_float, rebind
 CONTAINERS = (nn.Sequential, nn.ModuleList)
 WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 COLUMNS = ["block", "kind", "shortcut", "stage", "index", "in_shape", "out_shape", "params",
-           "last_norm", "j_f"]  # fmt: skip
+           "last_norm", "j_f", "skip_path"]  # fmt: skip
 
 
 class NoBlocksError(UserInputError):
@@ -68,7 +68,8 @@ class BlockInfo:
 
     @property
     def j_f(self) -> str | None:
-        """How J_F is obtained: 'branch' (the block's own), 'difference' (J - I), 'cut', None."""
+        """How J_F is obtained: 'branch' (the block's own), 'difference' (J - I), 'cut',
+        'pre_norm' (J of the pre-norm sum x + F(x), minus I), None (see ``gradflow.residual``)."""
         if self.kind != "residual":
             return None
         return "branch" if self.branch is not None else self.residual.route
@@ -109,15 +110,30 @@ class Structure:
         fn, residual = self.block_fn(i, trace), block.residual
         if residual.route == "difference":
             return lambda z: fn(z) - z
+        if residual.route == "pre_norm":
+            pre_norm = self.sum_fn(i, trace)
+            return lambda z: pre_norm(z) - z
         if residual.route == "cut":
-
-            def branch(z: Tensor) -> Tensor:
-                with AddCalls(residual.add_index, residual.position) as adds:
-                    fn(z)
-                return adds.captured
-
-            return branch
+            return _read_add(fn, residual)
         return None
+
+    def sum_fn(self, i: int, trace: Trace | None = None) -> Callable[[Tensor], Tensor] | None:
+        """z -> the pre-norm sum z + F(z) of a post-norm block i (route ``pre_norm``), else None."""
+        residual = self.blocks[i].residual
+        if residual.route != "pre_norm" or self.blocks[i].branch is not None:
+            return None
+        return _read_add(self.block_fn(i, trace), residual)
+
+    def operators(self, i: int, trace: Trace | None = None) -> list[tuple[str, Callable]]:
+        """(operator, z -> ...) of block i: J_H of a plain or post-norm block (with I+J_F of its
+        pre-norm sum where exact), I+J_F of a residual block, and J_F wherever it is exact."""
+        block, fn = self.blocks[i], self.block_fn(i, trace)
+        if block.kind != "residual":
+            return [("J_H", fn)]
+        branch, pre_norm = self.branch_fn(i, trace), self.sum_fn(i, trace)
+        found = [(block.residual.whole, fn)]
+        found += [("I+J_F", pre_norm)] if pre_norm is not None else []
+        return found + ([("J_F", branch)] if branch is not None else [])
 
     # ----- inspection ---------------------------------------------------------------
     def frame(self) -> pd.DataFrame:
@@ -134,6 +150,7 @@ class Structure:
                 b.params,
                 b.last_norm,
                 b.j_f,
+                b.residual.skip_path,
             ]
             for b in self.blocks
         ]
@@ -159,6 +176,17 @@ class Structure:
 
     def __repr__(self) -> str:
         return f"<Structure of {type(self.model).__name__}: {len(self.blocks)} blocks>"
+
+
+def _read_add(fn: Callable[[Tensor], Tensor], residual: Residual) -> Callable[[Tensor], Tensor]:
+    """z -> the tensor ``residual`` reads at its addition during fn(z): F(z), or z + F(z)."""
+
+    def read(z: Tensor) -> Tensor:
+        with AddCalls(residual.add_index, residual.position) as adds:
+            fn(z)
+        return adds.captured
+
+    return read
 
 
 def structure(
