@@ -20,15 +20,23 @@ shortcut S. How J_F is then obtained (``route``):
 
 ``skip_path`` names the nodes on the skip path from the input up to the output, e.g.
 ``add > norm`` (post-LN) or ``add > norm > add > norm``: where the frame says why.
+
+A block that is plain by itself may sit inside a skip made by the model's own forward
+(``z = z + relu(layer(z))``): ``segment_residuals`` classifies the map from its input to the
+next block's input (``gradflow.trace.segment``), which then is the block's unit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from .trace import Trace, first_float, rebind, segment
 
 PROJECTION_NODES = 8
 ADD = "AddBackward0"
@@ -190,3 +198,67 @@ def _cut(shortcut: str, add, position: int, add_nodes: list[object], branch, **d
     index = next((i for i, node in enumerate(add_nodes) if node is add), None)
     route = "cut" if index is not None else None
     return Residual("residual", shortcut, route, index, position, branch, **described)
+
+
+# ----------------------------------------------------------------------------- blocks
+def segment_residuals(twin: nn.Module, infos: list, trace: Trace, head) -> None:
+    """Plain blocks whose next block's input (or the head's) is z + F(z) made in the model's
+    own forward (``z = z + relu(layer(z))``) become residual: their unit is the segment from
+    their input to the next input (``gradflow.trace.segment``)."""
+    calls = trace.calls
+    for i, info in enumerate(infos):
+        last = i == len(infos) - 1
+        if info.kind != "plain" or (not last and calls[i + 1].input is calls[i].output):
+            continue
+        boundary = head if last else infos[i + 1].module
+        if boundary is None:
+            continue
+        try:
+            fn = segment(twin, trace.model_inputs, info.module, boundary)
+        except RuntimeError:  # the boundary is not called after the block
+            continue
+        residual, out_shape = (PLAIN, None) if fn is None else classify_fn(fn, calls[i].input)
+        if residual.kind != "residual":
+            continue
+        skip = f"{residual.skip_path} (in the model's forward, around the block)"
+        info.residual = replace(residual, skip_path=skip)
+        info.kind, info.shortcut, info.out_shape = "residual", residual.shortcut, out_shape
+        info.boundary = boundary
+
+
+def classify_fn(fn: Callable[[Tensor], Tensor], z: Tensor) -> tuple[Residual, tuple | None]:
+    """classify() of z -> fn(z) at z (a fresh leaf; a clone goes in: fn may work in place)."""
+    leaf = z.detach().requires_grad_(True)
+    try:
+        with torch.enable_grad(), AddCalls() as adds:
+            output = first_float(fn(leaf.clone()))
+    except RuntimeError:
+        return PLAIN, None
+    if not isinstance(output, Tensor):
+        return PLAIN, None
+    return classify(output, leaf, adds.nodes), tuple(output.shape)
+
+
+def trace_residual(module: nn.Module, call, paths: dict) -> tuple[Residual, str | None]:
+    """classify() on one call of the block at its recorded input (a fresh leaf), and the path
+    of the branch's last normalisation layer (the last norm whose output feeds F)."""
+    from .sites import NORM_TYPES
+
+    seen: list[tuple[nn.Module, Any]] = []  # (norm, grad_fn of its output when it returned)
+    norms = [m for m in module.modules() if isinstance(m, NORM_TYPES)]
+    hook = lambda m, a, o: seen.append((m, getattr(o, "grad_fn", None)))  # noqa: E731
+    handles = [n.register_forward_hook(hook) for n in norms]
+    leaf = call.input.detach().requires_grad_(True)
+    try:
+        with torch.enable_grad(), AddCalls() as adds:  # a clone: blocks may work in place
+            output = first_float(rebind(module, call)(leaf.clone()))
+    except RuntimeError:
+        return PLAIN, None
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(output, Tensor):
+        return PLAIN, None
+    residual = classify(output, leaf, adds.nodes)
+    branch = [m for m, node in seen if node is not None and node in residual.branch_nodes]
+    return residual, paths.get(id(branch[-1])) if branch else None

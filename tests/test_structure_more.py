@@ -97,3 +97,46 @@ def test_prod_from_is_a_column_of_every_spectra_row():
     assert set(spectra.prod_from) == {"input"}
     summary = gf.summarize_spectra(spectra)
     assert set(summary.prod_from) == {"input"}
+
+
+def test_two_input_models_residual_adds_in_its_forward_are_found_and_exact():
+    torch.manual_seed(2)
+    model, (image, features), _ = user_models.two_input()
+    model = model.double()
+    inputs = (image[:1].double(), features[:1].double())
+    frame = gf.structure(model, inputs).frame()
+    assert list(frame.block) == ["fuse.0", "fuse.1", "fuse.2"]
+    assert set(frame.kind) == {"residual"} and set(frame.j_f) == {"difference"}
+    assert all(path.startswith("add (in the model's forward") for path in frame.skip_path)
+    with gft.assert_unchanged(model):
+        spectra = gf.block_spectra(model, inputs, k=4, depths=[2, 3], samples=1, method="dense",
+                                   hutchinson=0)  # fmt: skip
+    z = torch.flatten(model.conv(inputs[0]), 1) + model.feat(inputs[1])
+    z = (z + torch.relu(model.fuse[0](z))).detach()  # the input of fuse.1
+    whole = jacobian(lambda v: v + torch.relu(model.fuse[1](v)), z).reshape(16, 16)
+    identity = torch.eye(16, dtype=torch.float64)
+    assert not torch.allclose(whole, identity, atol=1e-2)  # I + J_F really differs from I
+    got = _by_operator(spectra[spectra.depth == 2])
+    for operator, matrix in (("I+J_F", whole), ("J_F", whole - identity)):
+        exact = svd(matrix)  # k=4, which="both": the top 4 and the bottom 4 singular values
+        np.testing.assert_allclose(got[operator][:4], exact[:4], rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(got[operator][-4:], exact[-4:], rtol=1e-8, atol=1e-10)
+
+    def to_block2(v):  # image -> the input of fuse.2
+        h = torch.flatten(model.conv(v), 1) + model.feat(inputs[1])
+        for layer in model.fuse[:2]:
+            h = h + torch.relu(layer(h))
+        return h.detach()
+
+    def to_block3(v):  # image -> output of the segment of fuse.2 (the input of the head)
+        h = torch.flatten(model.conv(v), 1) + model.feat(inputs[1])
+        for layer in model.fuse:
+            h = h + torch.relu(layer(h))
+        return h
+
+    prod = jacobian(to_block3, inputs[0]).reshape(16, -1)
+    got = _by_operator(spectra[spectra.depth == 3])
+    np.testing.assert_allclose(got["prod"][:4], svd(prod)[:4], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(got["I+J_F"][:4], svd(jacobian(  # the last segment ends at the head
+        lambda v: v + torch.relu(model.fuse[2](v)), to_block2(inputs[0])).reshape(16, 16))[:4],
+        rtol=1e-8, atol=1e-10)  # fmt: skip

@@ -45,7 +45,6 @@ from ..inputs import (
     first_float_tensor,
     forward_error,
     normalize,
-    replace_first_float,
     select_samples,
 )
 from ..private import math_kernels, private_copy, strip_hooks
@@ -177,16 +176,7 @@ def _traced_point(st: Structure, point: Inputs, depth: int, prod_from: str) -> _
         return st.operators(k - 1, trace)
 
     def prod(k: int) -> Callable[[Tensor], Tensor]:
-        def forward(z: Tensor) -> Tensor:
-            if prod_from == "input":
-                inputs = replace_first_float(point, z)
-                run = capture(st.model, inputs, [modules[k - 1]], stop="output")
-            else:
-                replace = (modules[0], z)
-                run = capture(st.model, point, [modules[k - 1]], stop="output", replace=replace)
-            return run.calls[0].output
-
-        return forward
+        return st.prod_fn(k, point, prod_from)
 
     start = first_float_tensor(point) if prod_from == "input" else trace.inputs[0]
     return _Point(trace.inputs, operators, prod, start, None)
