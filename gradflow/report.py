@@ -187,6 +187,14 @@ SPECTRA_NOTE = (
 def _cumulative_caption(summary: pd.DataFrame) -> str:
     """Caption of the cumulative figure; says when the lower edge is only an upper bound."""
     caption = "Singular values of the cumulative Jacobian from the input to block k."
+    starts = set(summary.get("prod_from", pd.Series(dtype=object)).dropna())
+    if "stem" in starts:  # token models and a user's stem=: not from the model input
+        caption = (
+            "Singular values of the cumulative Jacobian to block k, from "
+            + "the model input or " * (len(starts) > 1)
+            + "the first block's input (the stem's output, for token models the "
+            "embedding output; column prod_from)."
+        )
     prod = summary[summary["operator"] == "prod"]
     if "converged" in prod and not prod["converged"].all():
         caption += (

@@ -25,24 +25,23 @@ import copy
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from .errors import UserInputError
-from .inputs import Inputs, call_model, detach, forward_error, normalize
+from .inputs import Inputs, call_model, detach, forward_error, normalize, replace_first_float
 from .losses import output_tensors
 from .private import math_kernels, strip_hooks
-from .residual import PLAIN, AddCalls, Residual, classify
+from .residual import PLAIN, AddCalls, Residual, segment_residuals, trace_residual
 from .state import preserved_rng
-from .trace import Stop, Trace, capture, first_float, rebind
+from .trace import Origin, Stop, Trace, capture, origin, rebind, segment
 
 CONTAINERS = (nn.Sequential, nn.ModuleList)
 WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 COLUMNS = ["block", "kind", "shortcut", "stage", "index", "in_shape", "out_shape", "params",
-           "last_norm", "j_f"]  # fmt: skip
+           "last_norm", "j_f", "skip_path"]  # fmt: skip
 
 
 class NoBlocksError(UserInputError):
@@ -65,10 +64,12 @@ class BlockInfo:
     last_norm: str | None
     residual: Residual = field(default=PLAIN, repr=False)
     branch: Callable | None = field(default=None, repr=False)  # a zoo block's branch()
+    boundary: nn.Module | None = field(default=None, repr=False)  # end of a segment block
 
     @property
     def j_f(self) -> str | None:
-        """How J_F is obtained: 'branch' (the block's own), 'difference' (J - I), 'cut', None."""
+        """How J_F is obtained: 'branch' (the block's own), 'difference' (J - I), 'cut',
+        'pre_norm' (J of the pre-norm sum x + F(x), minus I), None (see ``gradflow.residual``)."""
         if self.kind != "residual":
             return None
         return "branch" if self.branch is not None else self.residual.route
@@ -96,10 +97,12 @@ class Structure:
 
     def block_fn(self, i: int, trace: Trace | None = None) -> Callable[[Tensor], Tensor]:
         """z -> first output tensor of block i, its other arguments as in ``trace``."""
-        block = self.blocks[i]
+        block, trace = self.blocks[i], trace or self.trace
         if self.source == "named_blocks":
             return block.module
-        return rebind(block.module, (trace or self.trace).calls[i])
+        if block.boundary is not None:  # the skip is in the model's forward, around the block
+            return segment(self.model, trace.model_inputs, block.module, block.boundary)
+        return rebind(block.module, trace.calls[i])
 
     def branch_fn(self, i: int, trace: Trace | None = None) -> Callable[[Tensor], Tensor] | None:
         """z -> F(z) of residual block i (J_F route), or None when there is no single branch."""
@@ -109,15 +112,53 @@ class Structure:
         fn, residual = self.block_fn(i, trace), block.residual
         if residual.route == "difference":
             return lambda z: fn(z) - z
+        if residual.route == "pre_norm":
+            pre_norm = self.sum_fn(i, trace)
+            return lambda z: pre_norm(z) - z
         if residual.route == "cut":
-
-            def branch(z: Tensor) -> Tensor:
-                with AddCalls(residual.add_index, residual.position) as adds:
-                    fn(z)
-                return adds.captured
-
-            return branch
+            return _read_add(fn, residual)
         return None
+
+    def sum_fn(self, i: int, trace: Trace | None = None) -> Callable[[Tensor], Tensor] | None:
+        """z -> the pre-norm sum z + F(z) of a post-norm block i (route ``pre_norm``), else None."""
+        residual = self.blocks[i].residual
+        if residual.route != "pre_norm" or self.blocks[i].branch is not None:
+            return None
+        return _read_add(self.block_fn(i, trace), residual)
+
+    def operators(self, i: int, trace: Trace | None = None) -> list[tuple[str, Callable]]:
+        """(operator, z -> ...) of block i: J_H of a plain or post-norm block (with I+J_F of its
+        pre-norm sum where exact), I+J_F of a residual block, and J_F wherever it is exact."""
+        block, fn = self.blocks[i], self.block_fn(i, trace)
+        if block.kind != "residual":
+            return [("J_H", fn)]
+        branch, pre_norm = self.branch_fn(i, trace), self.sum_fn(i, trace)
+        found = [(block.residual.whole, fn)]
+        found += [("I+J_F", pre_norm)] if pre_norm is not None else []
+        return found + ([("J_F", branch)] if branch is not None else [])
+
+    def prod_fn(self, k: int, inputs: Inputs, prod_from: str) -> Callable[[Tensor], Tensor]:
+        """z -> the output of block k's unit (1-based; a segment's: the next input) in one
+        pass on ``inputs``, z being the first float input (``prod_from="input"``) or the first
+        block's input (``"stem"``, put where that tensor is made when block 1 is a segment)."""
+        block = self.blocks[k - 1]
+        target, stop = (
+            (block.module, "output") if block.boundary is None else (block.boundary, "input")
+        )
+        first = self.blocks[0]
+        made = origin(self.model, inputs, first.module) if first.boundary is not None else None
+
+        def forward(z: Tensor) -> Tensor:
+            if prod_from == "input":
+                run = capture(self.model, replace_first_float(inputs, z), [target], stop=stop)
+            elif made is not None:
+                with Origin(made[0], made[1], z):
+                    run = capture(self.model, inputs, [target], stop=stop)
+            else:
+                run = capture(self.model, inputs, [target], stop=stop, replace=(first.module, z))
+            return run.calls[0].output if stop == "output" else run.calls[0].input
+
+        return forward
 
     # ----- inspection ---------------------------------------------------------------
     def frame(self) -> pd.DataFrame:
@@ -134,6 +175,7 @@ class Structure:
                 b.params,
                 b.last_norm,
                 b.j_f,
+                b.residual.skip_path,
             ]
             for b in self.blocks
         ]
@@ -159,6 +201,17 @@ class Structure:
 
     def __repr__(self) -> str:
         return f"<Structure of {type(self.model).__name__}: {len(self.blocks)} blocks>"
+
+
+def _read_add(fn: Callable[[Tensor], Tensor], residual: Residual) -> Callable[[Tensor], Tensor]:
+    """z -> the tensor ``residual`` reads at its addition during fn(z): F(z), or z + F(z)."""
+
+    def read(z: Tensor) -> Tensor:
+        with AddCalls(residual.add_index, residual.position) as adds:
+            fn(z)
+        return adds.captured
+
+    return read
 
 
 def structure(
@@ -198,6 +251,9 @@ def build(twin: nn.Module, inputs: Inputs, *, blocks=None, stem=None) -> Structu
     outside = [p for p in order if not any(p == q or p.startswith(q + ".") for q in inside)]
     stem_paths = [p for p in outside if order.index(p) < first and _is_leaf(twin, p)]
     head = [p for p in outside if order.index(p) > last and _is_leaf(twin, p)]
+    if source != "named_blocks":
+        with preserved_rng(), math_kernels(twin):
+            segment_residuals(twin, infos, trace, twin.get_submodule(head[0]) if head else None)
     return Structure(twin, infos, source, stem_paths, head, trace, stem, [math_kernels_route()])
 
 
@@ -321,7 +377,7 @@ def _infos(twin, named, source, trace: Trace) -> list[BlockInfo]:
             branch = branch if module.kind == "residual" else None
             last_norm = _zoo_last_norm(module, paths)
         else:
-            (residual, last_norm), branch = _trace_residual(module, call, paths), None
+            (residual, last_norm), branch = trace_residual(module, call, paths), None
             parent = path.rpartition(".")[0]
             counts[parent] += 1
             stage, index = parents.index(parent) + 1, counts[parent]
@@ -360,31 +416,6 @@ def _zoo_residual(module: nn.Module) -> Residual:
         "identity" if isinstance(getattr(module, "skip", None), nn.Identity) else "projection"
     )
     return Residual("residual", shortcut, "branch")
-
-
-def _trace_residual(module: nn.Module, call, paths: dict) -> tuple[Residual, str | None]:
-    """classify() on one call of the block at its recorded input (a fresh leaf), and the path
-    of the branch's last normalisation layer (the last norm whose output feeds F)."""
-    from .sites import NORM_TYPES
-
-    seen: list[tuple[nn.Module, Any]] = []  # (norm, grad_fn of its output when it returned)
-    norms = [m for m in module.modules() if isinstance(m, NORM_TYPES)]
-    hook = lambda m, a, o: seen.append((m, getattr(o, "grad_fn", None)))  # noqa: E731
-    handles = [n.register_forward_hook(hook) for n in norms]
-    leaf = call.input.detach().requires_grad_(True)
-    try:
-        with torch.enable_grad(), AddCalls() as adds:  # a clone: blocks may work in place
-            output = first_float(rebind(module, call)(leaf.clone()))
-    except RuntimeError:
-        return PLAIN, None
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not isinstance(output, Tensor):
-        return PLAIN, None
-    residual = classify(output, leaf, adds.nodes)
-    branch = [m for m, node in seen if node is not None and node in residual.branch_nodes]
-    return residual, paths.get(id(branch[-1])) if branch else None
 
 
 __all__ = [

@@ -6,6 +6,11 @@ its input (the first floating-point tensor argument) and its first floating-poin
 ``rebind(module, call)`` is then z -> that output with the input slot replaced by z and every
 other argument (attention masks, skip tensors, position ids) as recorded: the function whose
 Jacobian is the block's. ``stop`` ends the forward early (``Stop`` carries the value out).
+
+``segment(model, inputs, block, boundary)`` is z -> the input of ``boundary`` with z put in
+place of the block's input *where that tensor was made* (``Origin``): the map from one block's
+input to the next when the model's own forward adds a skip around the block
+(``z = z + relu(layer(z))``), which a block-level substitution would cut.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .inputs import Inputs, call_model
 from .losses import output_tensors
@@ -49,6 +55,7 @@ class Trace:
     """Recorded calls of the chosen modules, in the order the modules were given."""
 
     calls: list[Call]
+    model_inputs: Any = None  # the inputs of the forward pass that was recorded
 
     @property
     def inputs(self) -> list[Tensor]:
@@ -117,6 +124,7 @@ def capture(
             handles.append(module.register_forward_hook(_bind(after, i), with_kwargs=True))
         call_model(model, inputs)
     except Stop as stopped:
+        stopped.value.model_inputs = inputs
         return stopped.value
     finally:
         for handle in handles:
@@ -125,7 +133,7 @@ def capture(
     if missing:
         names = ", ".join(type(modules[i]).__name__ for i in missing[:3])
         raise RuntimeError(f"the forward pass never called block(s) {missing} ({names})")
-    return Trace([calls[i] for i in range(len(modules))])
+    return Trace([calls[i] for i in range(len(modules))], inputs)
 
 
 def _bind(hook: Callable, i: int) -> Callable:
@@ -149,3 +157,56 @@ def rebind(module: nn.Module, call: Call) -> Callable[[Tensor], Tensor]:
         return first_float(module(*args, **kwargs))
 
     return block
+
+
+class Origin(TorchFunctionMode):
+    """Numbers the torch calls that return a floating-point tensor of ``shape``, in call order.
+
+    Without ``at`` it keeps those results (to find which call made a tensor); with ``at`` it
+    returns ``value`` in place of result number ``at``, so every later use of that tensor in
+    the forward pass (branch and skip alike) sees ``value``. Gradflow's hooks make no such
+    tensors, so the numbering is the model's own and the same in every pass on equal inputs.
+    """
+
+    def __init__(self, shape: tuple[int, ...], at: int | None = None, value=None) -> None:
+        super().__init__()
+        self.shape, self.at, self.value = tuple(shape), at, value
+        self.results: list[Tensor] = []
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if not (isinstance(result, Tensor) and result.is_floating_point()):
+            return result
+        if tuple(result.shape) == self.shape:
+            if self.at is None:
+                self.results.append(result)
+            elif self.count == self.at:
+                result = self.value
+            self.count += 1
+        return result
+
+
+def origin(model: nn.Module, inputs: Inputs, block: nn.Module) -> tuple[tuple, int] | None:
+    """(shape, number) of the ``Origin`` call that made ``block``'s input in a forward pass on
+    ``inputs``; None when no torch call made it (it is a model input)."""
+    with Origin(capture(model, inputs, [block]).inputs[0].shape) as seen:
+        target = capture(model, inputs, [block]).inputs[0]  # the same pass, numbered
+    made = [i for i, result in enumerate(seen.results) if result is target]
+    return (tuple(target.shape), made[-1]) if made else None
+
+
+def segment(
+    model: nn.Module, inputs: Inputs, block: nn.Module, boundary: nn.Module
+) -> Callable[[Tensor], Tensor] | None:
+    """z -> the input of ``boundary``, z replacing ``block``'s input where it was made (module
+    docstring); None when that input was not made by a torch call (a model input)."""
+    found = origin(model, inputs, block)
+    if found is None:
+        return None
+
+    def forward(z: Tensor) -> Tensor:
+        with Origin(found[0], found[1], z):
+            return capture(model, inputs, [boundary]).inputs[0]
+
+    return forward

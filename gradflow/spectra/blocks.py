@@ -3,7 +3,9 @@
 For block k with input z_{k-1} (the input it really receives at the probe sample):
 ``J_H`` = dH/dz of a plain block; ``I+J_F`` = the whole residual block (for a
 post-activation block relu(F + S), so identity-plus-branch only where relu passes and the
-shortcut is the identity) and ``J_F`` = its branch alone; ``prod`` = the Jacobian of the map
+shortcut is the identity) and ``J_F`` = its branch alone (a post-norm block N(x + F(x)), as
+in post-LN transformers: ``J_H`` of the whole block, with ``I+J_F`` of its pre-norm sum and
+``J_F`` where ``gradflow.structure`` finds them exactly); ``prod`` = the Jacobian of the map
 from the network input (or the stem output) to the output of block k, i.e. the cumulative
 product prod_l J_l that backprop multiplies by.
 
@@ -43,7 +45,6 @@ from ..inputs import (
     first_float_tensor,
     forward_error,
     normalize,
-    replace_first_float,
     select_samples,
 )
 from ..private import math_kernels, private_copy, strip_hooks
@@ -57,7 +58,7 @@ from .solvers import singular_values
 BN_MODES = ("calibrate", "eval", "train")
 COLUMNS = [
     "model", "depth", "block", "stage", "operator", "sample", "index", "sigma",
-    "error", "method", "converged", "dim", "mean_sq_estimate",
+    "error", "method", "converged", "dim", "mean_sq_estimate", "prod_from",
 ]  # fmt: skip
 
 
@@ -172,23 +173,10 @@ def _traced_point(st: Structure, point: Inputs, depth: int, prod_from: str) -> _
     trace = capture(st.model, point, modules[:depth], stop="output")
 
     def operators(k: int) -> list[tuple[str, Callable]]:
-        block, fn = st.blocks[k - 1], st.block_fn(k - 1, trace)
-        if block.kind != "residual":
-            return [("J_H", fn)]
-        branch = st.branch_fn(k - 1, trace)
-        return [("I+J_F", fn)] + ([("J_F", branch)] if branch is not None else [])
+        return st.operators(k - 1, trace)
 
     def prod(k: int) -> Callable[[Tensor], Tensor]:
-        def forward(z: Tensor) -> Tensor:
-            if prod_from == "input":
-                inputs = replace_first_float(point, z)
-                run = capture(st.model, inputs, [modules[k - 1]], stop="output")
-            else:
-                replace = (modules[0], z)
-                run = capture(st.model, point, [modules[k - 1]], stop="output", replace=replace)
-            return run.calls[0].output
-
-        return forward
+        return st.prod_fn(k, point, prod_from)
 
     start = first_float_tensor(point) if prod_from == "input" else trace.inputs[0]
     return _Point(trace.inputs, operators, prod, start, None)
@@ -232,8 +220,9 @@ def block_spectra(
     ``blocks=``/``stem=``). Each block's Jacobian is taken w.r.t. its input with its other
     arguments (masks, skip tensors) held at their values for the sample. ``prod`` starts at
     the first floating-point input, or at the first block's input (the embedding output of a
-    token model: ``frame.attrs["prod_from"]`` says which). The private copy runs with the
-    math kernels (``gradflow.private.math_kernels``; ``frame.attrs["jacobian_route"]``).
+    token model): the ``prod_from`` column says which ("input" or "stem"), on every row. The
+    private copy runs with the math kernels (``gradflow.private.math_kernels``;
+    ``frame.attrs["jacobian_route"]``).
     """
     if method == "walk" and which != "largest":
         raise UserInputError(
@@ -276,6 +265,7 @@ def block_spectra(
                 labels=dict(model=name, sample=sample),
             )
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
+    frame["prod_from"] = prod_from  # where every ``prod`` of this model starts (docstring)
     frame = frame[COLUMNS]
     frame.attrs.update(prod_from=prod_from, jacobian_route=route)
     return frame
@@ -348,7 +338,7 @@ def summarize_spectra(frame: pd.DataFrame) -> pd.DataFrame:
     ``mean_sq`` are exact only when the whole spectrum is in the frame (``complete``), else
     NaN; ``mean_sq_estimate`` is Hutchinson's ||J||_F^2 / dim (an unbiased estimate).
     """
-    keys = [c for c in ("model", "operator", "depth", "block", "sample") if c in frame]
+    keys = [c for c in ("model", "operator", "depth", "block", "sample", "prod_from") if c in frame]
 
     def one(group: pd.DataFrame) -> pd.Series:
         sigma, dim = group["sigma"].to_numpy(), int(group["dim"].iloc[0])
