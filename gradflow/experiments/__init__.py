@@ -22,6 +22,7 @@ EXPERIMENTS = (
     "jacobian_spectra",
     "lesion_study",
     "shattered_gradients",
+    "transformer_ln",
     "zero_gamma_ablation",
 )
 
