@@ -73,7 +73,8 @@ def test_transformers_with_token_example_inputs(mixed):
         assert about["inputs"] == "int64[4, 6]" and about["kind"] == "example_inputs"
         assert "embedding output" in about["jacobians_from"]
         assert f"{model}: gradient" in result.stdout
-        assert "I+J_F" in operators(spectra, model)
+        # post-LN layers LN2(y + FF(y)), y = LN1(x + SA(x)): the whole layer is J_H
+        assert ("J_H" if model.endswith("post_ln") else "I+J_F") in operators(spectra, model)
         norms = records[(records["model"] == model) & (records["quantity"] == "response_std")]
         assert set(norms["layer"]) == {
             f"encoder.layers.{i}.norm{j}" for i in (0, 1) for j in (1, 2)

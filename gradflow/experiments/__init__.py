@@ -23,6 +23,7 @@ EXPERIMENTS = (
     "lesion_study",
     "seed_spread",
     "shattered_gradients",
+    "transformer_ln",
     "zero_gamma_ablation",
 )
 
