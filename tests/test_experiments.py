@@ -201,6 +201,45 @@ def test_script_writes_a_report_with_figures_tables_and_the_paper_comparison(smo
     assert set(runs.status) <= {"trained", "reused"}
 
 
+def _comparison(smoke, script: str) -> str:
+    readme = (smoke["outs"][script] / "README.md").read_text()
+    return readme.split("## Compared with the paper", 1)[1].split("\n## ", 1)[0]
+
+
+def _sentence(comparison: str, start: str) -> str:
+    found = [p for p in comparison.split("\n\n") if p.startswith(start)]
+    assert len(found) == 1, (start, comparison)
+    return found[0]
+
+
+@pytest.mark.parametrize("model", ["resnet20", "resnet56"])
+def test_zero_gamma_at_init_starts_as_the_identity_at_any_scale(smoke, model):
+    # measured before any training step: the verdict cannot depend on the smoke budget
+    comparison = _comparison(smoke, "zero_gamma_ablation")
+    for quantity in ("largest singular value of prod", "|log10 gradient-norm ratio|"):
+        line = _sentence(comparison, f"{model} zero_gamma starts with a lower {quantity}")
+        assert f"than {model} he (" in line and ": as in the paper (" in line, line
+    summary = pd.read_csv(smoke["outs"]["zero_gamma_ablation"] / "data" / "summary.csv")
+    table = summary.set_index("model")
+    zero, he = table.loc[f"{model} zero_gamma"], table.loc[f"{model} he"]
+    assert zero.largest < he.largest / 4  # identity blocks: the product is the stem's
+    assert abs(zero.grad_log10_ratio) < abs(he.grad_log10_ratio)
+    assert np.isnan(table.loc[f"{model} fixup"].grad_log10_ratio)  # zero classifier: no signal
+    assert "fixup zeroes the classifier at initialisation" in comparison
+
+
+def test_jacobian_spread_at_init_is_higher_plain_than_residual(smoke):
+    comparison = _comparison(smoke, "jacobian_spectra")
+    line = _sentence(comparison, "plain56 has at initialisation a higher spread log10(largest")
+    assert "than resnet56 (" in line and ": as expected (" in line, line
+    summary = pd.read_csv(smoke["outs"]["jacobian_spectra"] / "data" / "summary.csv")
+    at_init = summary[summary.step == 0].set_index("model")
+    assert at_init.loc["plain56", "log10_spread"] > at_init.loc["resnet56", "log10_spread"]
+    # the backward signal at init: the gradient grows far more towards the input when plain
+    ratio = at_init.grad_log10_ratio
+    assert ratio["plain56"] > ratio["resnet56"] + 1.0, ratio
+
+
 def test_fig7_reuses_fig6_runs_instead_of_training_again(smoke):
     before, after = smoke["snapshots"]["fig6_cifar_depth"], smoke["snapshots"]["fig7_response_std"]
     fig6 = set(common.SCALES["smoke"].models["fig6"])
