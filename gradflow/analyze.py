@@ -53,15 +53,19 @@ class AnalysisResult:
     spectra_summary: pd.DataFrame
     summary: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    hessian: pd.DataFrame | None = None  # with hessian=True: gradflow.analyze_hessian's frame
 
     @property
     def frames(self) -> dict[str, pd.DataFrame]:
-        return {
+        frames = {
             "records": self.records,
             "spectra": self.spectra,
             "spectra_summary": self.spectra_summary,
             "summary": self.summary,
         }
+        if self.hessian is not None:
+            frames["hessian"] = self.hessian
+        return frames
 
     def verdicts(self) -> list[str]:
         """One plain-language line per analysed (model, step)."""
@@ -206,6 +210,9 @@ def analyze(
     seq_len: int | None = None,
     loss: str = "auto",
     model_options: str | None = None,
+    hessian: bool = False,
+    hessian_batch: int = 16,
+    hessian_bn: str = "train",
 ) -> AnalysisResult:
     """Measure gradient flow through each model as it is now, on one measurement batch.
 
@@ -224,6 +231,10 @@ def analyze(
     ``input_shape``, ``vocab_size``/``seq_len``, ``loss`` and ``model_options`` say what
     models outside the zoo are fed and built with (``gradflow.model_inputs``); each model's
     batch is built and checked (one forward, the loss) before any measurement starts.
+
+    ``hessian``: also the loss Hessian's top eigenvalue and trace per block and the whole
+    net's spectral density, on the first ``hessian_batch`` samples with BN in ``hessian_bn``
+    mode (``gradflow.analyze_hessian``; ``AnalysisResult.hessian``).
     """
     pairs = labelled_models(models)
     config = AnalysisConfig(
@@ -245,6 +256,9 @@ def analyze(
         seq_len=seq_len,
         loss=loss,
         model_options=model_options,
+        hessian=hessian,
+        hessian_batch=hessian_batch,
+        hessian_bn=hessian_bn,
     )
     config.validate()
     if checkpoint and not isinstance(pairs[0][1], str):
@@ -288,6 +302,10 @@ def _progress_bar(config: AnalysisConfig, total: int):
 def _measure(phase: str, probe, config: AnalysisConfig) -> pd.DataFrame:
     """One phase on one model: the Recorder's frame ("record") or the spectra ("spectra")."""
     model, label, x = probe.model, probe.label, probe.inputs
+    if phase == "hessian":
+        from .analyze_hessian import hessian_frame
+
+        return hessian_frame(probe, config)
     if phase == "record":
         from .record import record
 
@@ -313,6 +331,8 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     data = OnDemand(lambda: measurement_dataset(config))
     rng_state = torch.random.get_rng_state()
     frames: dict[str, list[pd.DataFrame]] = {"record": [], "spectra": []}
+    if config.hessian:
+        frames["hessian"] = []
     timings = []
     try:
         probes = {label: probe_for(label, model, config, data, device) for label, model in pairs}
@@ -337,7 +357,13 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     meta = analysis_meta(config, data.value, time.time() - started)
     meta["phase_seconds"] = timings
     meta["inputs"] = {label: probe.meta() for label, probe in probes.items()}
-    return AnalysisResult(records, spectra, spectra_summary, summary, meta)
+    hessian = None
+    if config.hessian:
+        from .analyze_hessian import hessian_meta
+
+        hessian = pd.concat(frames["hessian"], ignore_index=True)
+        meta["hessian"] = hessian_meta(config, probes)
+    return AnalysisResult(records, spectra, spectra_summary, summary, meta, hessian)
 
 
 def parse_depths(depths: str) -> str | list[int]:

@@ -92,4 +92,5 @@ def merge(
         "phase_seconds": timings,
     }
     summary = summary_table(records, spectra_summary)
-    return AnalysisResult(records, spectra, spectra_summary, summary, meta)
+    hessian = stacked("hessian") if parts[0].hessian is not None else None
+    return AnalysisResult(records, spectra, spectra_summary, summary, meta, hessian)
