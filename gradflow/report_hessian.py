@@ -48,7 +48,8 @@ def hessian_density_figure(frame: pd.DataFrame, block: str = "all") -> plt.Figur
     paper_style()
     data = frame[(frame["quantity"] == "density") & (frame["block"] == block)].copy()
     models = list(dict.fromkeys(data["model"])) or ["(none)"]
-    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.4), squeeze=False)
+    width = max(3.2 * len(models), 5.5)  # room for the title with one panel
+    fig, axes = plt.subplots(1, len(models), figsize=(width, 3.4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         part = data[data["model"] == model]
         if not part.empty:
