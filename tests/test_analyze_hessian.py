@@ -59,6 +59,7 @@ def _values(frame: pd.DataFrame) -> pd.Series:
     return rows.set_index(["block", "quantity"]).value.sort_index()
 
 
+@pytest.mark.slow  # 500-600 s on this overloaded 2-core machine (load ~22)
 def test_zoo_net_blocks_and_values_equal_hessian_spectra():
     torch.manual_seed(0)
     model = gf.create_model("resnet8")
