@@ -53,6 +53,7 @@ class AnalysisResult:
     summary: pd.DataFrame
     meta: dict = field(default_factory=dict)
     whatif: pd.DataFrame | None = None  # --whatif: gradflow.whatif.WHATIF_COLUMNS
+    hessian: pd.DataFrame | None = None  # with hessian=True: gradflow.analyze_hessian's frame
 
     @property
     def frames(self) -> dict[str, pd.DataFrame]:
@@ -64,6 +65,8 @@ class AnalysisResult:
         }
         if self.whatif is not None:
             frames["whatif"] = self.whatif
+        if self.hessian is not None:
+            frames["hessian"] = self.hessian
         return frames
 
     def verdict_frame(self) -> pd.DataFrame:
@@ -184,6 +187,9 @@ def analyze(
     loss: str = "auto",
     model_options: str | None = None,
     whatif: bool = False,
+    hessian: bool = False,
+    hessian_batch: int = 16,
+    hessian_bn: str = "train",
 ) -> AnalysisResult:
     """Measure gradient flow through each model as it is now, on one measurement batch.
 
@@ -205,6 +211,9 @@ def analyze(
 
     ``whatif``: also measure the counterfactual nets of ``gradflow.whatif`` on the same
     batches (``result.whatif``, "What would fix it" in the report).
+    ``hessian``: also the loss Hessian's top eigenvalue and trace per block and the whole
+    net's spectral density, on the first ``hessian_batch`` samples with BN in ``hessian_bn``
+    mode (``gradflow.analyze_hessian``; ``AnalysisResult.hessian``).
     """
     pairs = labelled_models(models)
     config = AnalysisConfig(
@@ -227,6 +236,9 @@ def analyze(
         loss=loss,
         model_options=model_options,
         whatif=whatif,
+        hessian=hessian,
+        hessian_batch=hessian_batch,
+        hessian_bn=hessian_bn,
     )
     config.validate()
     if checkpoint and not isinstance(pairs[0][1], str):
@@ -270,6 +282,10 @@ def _progress_bar(config: AnalysisConfig, total: int):
 def _measure(phase: str, probe, config: AnalysisConfig) -> pd.DataFrame:
     """One phase on one model: the Recorder's frame ("record") or the spectra ("spectra")."""
     model, label, x = probe.model, probe.label, probe.inputs
+    if phase == "hessian":
+        from .analyze_hessian import hessian_frame
+
+        return hessian_frame(probe, config)
     if phase == "record":
         from .record import record
 
@@ -295,6 +311,8 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     data = OnDemand(lambda: measurement_dataset(config))
     rng_state = torch.random.get_rng_state()
     frames: dict[str, list[pd.DataFrame]] = {"record": [], "spectra": []}
+    if config.hessian:
+        frames["hessian"] = []
     timings = []
     try:
         probes = {label: probe_for(label, model, config, data, device) for label, model in pairs}
@@ -319,7 +337,13 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     meta = analysis_meta(config, data.value, time.time() - started)
     meta["phase_seconds"] = timings
     meta["inputs"] = {label: probe.meta() for label, probe in probes.items()}
-    result = AnalysisResult(records, spectra, spectra_summary, summary, meta)
+    hessian = None
+    if config.hessian:
+        from .analyze_hessian import hessian_meta
+
+        hessian = pd.concat(frames["hessian"], ignore_index=True)
+        meta["hessian"] = hessian_meta(config, probes)
+    result = AnalysisResult(records, spectra, spectra_summary, summary, meta, hessian=hessian)
     if config.whatif:
         add_whatif(result, config, dict(pairs), probes, data, device, step)
     return result

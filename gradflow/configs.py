@@ -41,6 +41,13 @@ def milestones(text: str) -> tuple[float, ...]:
     return values
 
 
+def hessian_bn_modes() -> tuple[str, ...]:
+    """The BN modes ``gf.hessian_spectra`` measures in (the choices of --hessian-bn)."""
+    from .spectra.hessian import BN_MODES
+
+    return BN_MODES
+
+
 MODEL_HELP = (
     "a registry name (gradflow models), hf:MODEL_TYPE (from a config, no download), "
     "torchvision:NAME or path/to/file.py:factory"
@@ -121,6 +128,26 @@ class AnalysisConfig:
         help="also analyse the counterfactual nets gradflow can build at init (zoo nets: with "
         "identity shortcuts, zero-gamma, pre-activation; models with residual blocks: "
         "zero-gamma on each branch's last norm) and tabulate them side by side",
+    )
+    # The loss Hessian (gradflow.analyze_hessian): per block and for the whole net.
+    hessian: bool = option(
+        False,
+        help="also measure the loss Hessian: top eigenvalue and trace of every block's "
+        "diagonal Hessian block, the whole net's spectral density (a fixed product budget on "
+        "a sub-batch: bounded time)",
+    )
+    hessian_batch: int = option(
+        16,
+        minimum=2,
+        metavar="N",
+        help="samples of the measurement batch the Hessian is measured on (its cost grows "
+        "linearly with N)",
+    )
+    hessian_bn: str = option(
+        "train",
+        choices=hessian_bn_modes,
+        help="BN in the measured Hessian: train (batch statistics, the training objective) "
+        "or eval (running statistics)",
     )
 
     def validate(self) -> None:

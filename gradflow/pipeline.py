@@ -92,4 +92,7 @@ def merge(
         "phase_seconds": timings,
     }
     summary = summary_table(records, spectra_summary)
-    return AnalysisResult(records, spectra, spectra_summary, summary, meta, parts[0].whatif)
+    hessian = stacked("hessian") if parts[0].hessian is not None else None
+    return AnalysisResult(
+        records, spectra, spectra_summary, summary, meta, whatif=parts[0].whatif, hessian=hessian
+    )

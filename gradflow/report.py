@@ -226,9 +226,19 @@ def build_analysis_report(result) -> Report:
         _backward_section(result.records),
         _forward_section(result.records, result.meta),
         _spectra_section(result.spectra, result.spectra_summary),
+        *_hessian_sections(result),
         _data_section(result.meta),
     ]
     return Report(f"gradflow analysis: {' vs '.join(models)}", sections)
+
+
+def _hessian_sections(result) -> list[Section]:
+    """The curvature section when the run measured the Hessian (``--hessian``)."""
+    if getattr(result, "hessian", None) is None:
+        return []
+    from .report_hessian import analysis_hessian_section
+
+    return [analysis_hessian_section(result.hessian, result.meta.get("hessian", {}))]
 
 
 def _summary_section(result) -> Section:

@@ -25,7 +25,7 @@ import copy
 import fnmatch
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +47,9 @@ COLUMNS = [
     "model", "block", "depth", "kind", "params", "bn", "quantity", "index", "grid", "value",
     "error", "converged", "matvecs", "seconds",
 ]  # fmt: skip
-BlockSpec = str | Sequence[tuple[str, nn.Module]] | Sequence[str] | None
+BlockSpec = (
+    str | Sequence[tuple[str, nn.Module]] | Sequence[str] | Mapping[str, Sequence[str]] | None
+)
 LossFunction = Callable[..., Tensor]
 
 
@@ -232,10 +234,13 @@ def resolve_blocks(
     model: nn.Module, blocks: BlockSpec, measured: list[str]
 ) -> list[ParameterBlock]:
     """The parameter blocks asked for: "all" (see ``_default_blocks``), None (whole net only),
-    a list of (name, module) pairs, or a list of parameter-name globs (one block each)."""
+    a list of (name, module) pairs, a list of parameter-name globs (one block each), or a
+    dict of block name -> parameter names (e.g. from ``gf.structure``'s blocks)."""
     if blocks is None:
         return []
-    if blocks == "all":
+    if isinstance(blocks, Mapping):
+        groups = [(str(name), list(names), "other") for name, names in blocks.items()]
+    elif blocks == "all":
         groups = _default_blocks(model)
     elif isinstance(blocks, str):
         raise UserInputError(f"blocks must be 'all', None or a list, got {blocks!r}")
@@ -371,9 +376,10 @@ def hessian_spectra(
     Hessian of the size-weighted mean loss over several batches. ``loss_fn(outputs, targets)``
     (``loss_fn(outputs)`` without targets) returns the mean loss; default cross-entropy.
     ``blocks``: "all" (zoo models: stem, every block, head), None (whole net only), a list of
-    (name, module) pairs or of parameter-name globs. ``bn``: "train" (batch statistics, the
-    training objective) or "eval" (running statistics). ``block_quantities``: what to measure
-    per block (default: as ``quantities``). The model is never changed.
+    (name, module) pairs or of parameter-name globs, or a dict name -> parameter names.
+    ``bn``: "train" (batch statistics, the training objective) or "eval" (running
+    statistics). ``block_quantities``: what to measure per block (default: as
+    ``quantities``). The model is never changed.
     """
     check_choice("bn", bn, BN_MODES)
     block_quantities = quantities if block_quantities is None else block_quantities
