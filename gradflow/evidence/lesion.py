@@ -184,7 +184,8 @@ def lesion_study(
             error = error_percent(lesioned, x, targets, batch_size)
         rows.append(_lesion_row(label, k, draw, removed, error))
         if progress is not None:
-            progress(f"{label}: k={k} {';'.join(s.name for s in removed) or 'intact'}")
+            removed_names = ";".join(s.name for s in removed) or "intact"
+            progress(f"{label}: k={k} {removed_names}: error {error:.2f}%")
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.astype({"stage": "Int64", "block": "Int64", "depth": "Int64"})
 

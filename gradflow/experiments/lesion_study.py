@@ -22,15 +22,18 @@ from .common import compare, shown, start
 TEST_IMAGES = {"smoke": 64, "small": 1000}
 KS = (2, 4, 6, 8)
 DRAWS = 3
+NEAR_CHANCE = 10.0  # points: an error within this of chance counts as a broken net
 VEIT = (
     "Veit et al. 2016: removing single blocks from a trained ResNet barely changes its "
     "error, removing a layer of a plain (VGG) net drops it to chance"
 )
 
 
-def _summary(frame: pd.DataFrame) -> pd.DataFrame:
+def _summary(frame: pd.DataFrame, chance: float) -> pd.DataFrame:
     """Per model: intact error, single-lesion errors (mean, max, at downsampling blocks and
-    elsewhere) and the mean error with k blocks removed, for each k measured."""
+    elsewhere), how far one removal goes toward ``chance`` (the share of single lesions within
+    NEAR_CHANCE points of it, and gap_closed = (mean single-lesion error - intact) / (chance -
+    intact): 0 = no harm, 1 = chance on average) and the mean error with k blocks removed."""
     rows = []
     for model, part in frame.groupby("model", sort=False):
         intact = float(part[part.k == 0].error.iloc[0])
@@ -44,6 +47,8 @@ def _summary(frame: pd.DataFrame) -> pd.DataFrame:
             "mean_single_lesion_error": single.error.mean(),
             "max_single_lesion_error": single.error.max(),
             "mean_increase": single.error.mean() - intact,
+            "near_chance_share": 100 * float((single.error >= chance - NEAR_CHANCE).mean()),
+            "gap_closed": (single.error.mean() - intact) / (chance - intact),
             "downsampling_mean_error": downsampling.error.mean() if len(downsampling) else np.nan,
             "other_blocks_mean_error": other.error.mean(),
         }
@@ -54,6 +59,8 @@ def _summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _comparisons(table: pd.DataFrame) -> list[str]:
+    """Per depth, ResNet against plain: how much one removal harms (mean increase, share of
+    lesions near chance, share of the gap to chance closed), k removals, downsampling."""
     lines = []
     depths = sorted({int(m.removeprefix("plain").removeprefix("resnet")) for m in table.index})
     for depth in depths:
@@ -62,6 +69,18 @@ def _comparisons(table: pd.DataFrame) -> list[str]:
             resnet, table.at[resnet, "mean_increase"], plain, table.at[plain, "mean_increase"],
             quantity="mean error increase when one block is removed", expected="lower",
             verb="has", unit=" points", paper=VEIT,
+        ))  # fmt: skip
+        lines.append(compare(
+            resnet, table.at[resnet, "near_chance_share"], plain,
+            table.at[plain, "near_chance_share"], verb="has", unit="%",
+            quantity=f"share of single-block removals within {NEAR_CHANCE:g} points of chance",
+            expected="lower", paper=VEIT + " (a plain net breaks)",
+        ))  # fmt: skip
+        lines.append(compare(
+            resnet, table.at[resnet, "gap_closed"], plain, table.at[plain, "gap_closed"],
+            quantity="share of the gap from its intact error to chance closed by one removal "
+            "on average", expected="lower", verb="has", unit="",
+            paper=VEIT + " (residual nets degrade smoothly)",
         ))  # fmt: skip
         for k in (2, max(KS)):
             column = f"k{k}_mean_error"
@@ -96,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         frames.append(lesion_study(trained, x, y, ks=ks, draws=DRAWS, label=model,
                                    seed=experiment.args.seed, progress=experiment.log))  # fmt: skip
     frame = pd.concat(frames, ignore_index=True)
-    table = _summary(frame)
+    chance = 100 * (1 - 1 / test.num_classes)
+    table = _summary(frame, chance)
     sections = [
         Section(
             "Blocks removed at test time",
@@ -110,13 +130,17 @@ def main(argv: list[str] | None = None) -> None:
                 "replaced by the identity; the first block of stages 2 and 3 changes the "
                 "shape and cannot be removed from a plain net. Errors in %; every "
                 "evaluation on a private copy.",
-                "Downsampling blocks: the first block of stages 2 and 3.",
+                "Downsampling blocks: the first block of stages 2 and 3. near_chance_share: "
+                f"% of single-block removals whose error is within {NEAR_CHANCE:g} points of "
+                f"chance ({chance:.0f}%); gap_closed: (mean single-lesion error - intact) / "
+                "(chance - intact), 0 when one removal does no harm, 1 when it gives chance on "
+                "average.",
             ],
             table=shown(table),
             figures=[
                 (
                     "lesion_errors",
-                    lesion_figure(frame, chance=100 * (1 - 1 / test.num_classes)),
+                    lesion_figure(frame, chance=chance),
                     "Test error with blocks removed (dotted: chance).",
                 )
             ],
