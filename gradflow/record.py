@@ -98,7 +98,10 @@ class Recorder:
     ``probes``: names of ``gradflow.probes.PROBES`` or Probe instances; default all of them:
     response_std/mean/absmax, activation_grad_norm (with activation_grad_rms),
     param_grad_norm, weight_norm and update_ratio (which keeps one copy of the parameters
-    to compare with at the next step; everything else is O(number of layers) scalars).
+    to compare with at the next step; everything else is O(number of layers) scalars), and the
+    signal propagation probes of ``gradflow.signal_probes`` at block boundaries and residual
+    blocks (channel_variance with channel_mean_sq, branch_variance, shortcut_grad_share with
+    the two norms; residual blocks from ``gradflow.structure``, hooks of ``gradflow.taps``).
     ``layers`` (names, glob patterns or module types) replaces the default response layers
     and gradient points (then ``stem`` is the input of the first of them, depth k the output
     of the k-th); ``boundaries`` replaces the gradient points alone.
