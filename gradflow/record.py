@@ -41,6 +41,7 @@ from .losses import resolve_loss
 from .probes import (
     DEFAULT_PROBES,
     QUANTITIES,
+    SHORTCUT_GRAD_SHARE,
     UPDATE_RATIO,
     BoundaryBatch,
     BoundaryStats,
@@ -459,10 +460,21 @@ class Recorder:
         self._check_finite(step, segments, flat)
 
     def _check_finite(self, step: int, segments: list, flat: np.ndarray) -> None:
-        if self.on_nonfinite != "ignore" and not np.isfinite(flat).all():
-            check_measurements(
-                f"{self.label}: ", step, segments, flat, self.on_nonfinite, skip=UPDATE_RATIO
-            )
+        """Report non-finite values; update_ratio and shortcut_grad_share may be NaN by
+        definition (||w|| = 0; both gradient paths 0), their inputs are checked themselves."""
+        if self.on_nonfinite == "ignore" or np.isfinite(flat).all():
+            return
+        kept, values, offset = [], [], 0
+        for segment in segments:
+            size = len(segment[1])
+            if segment[2] != SHORTCUT_GRAD_SHARE:
+                kept.append(segment)
+                values.append(flat[offset : offset + size])
+            offset += size
+        flat = np.concatenate(values) if values else np.zeros(0)
+        check_measurements(
+            f"{self.label}: ", step, kept, flat, self.on_nonfinite, skip=UPDATE_RATIO
+        )
 
     # ----- distributed ------------------------------------------------------------
     def all_reduce(self, group=None) -> None:
