@@ -82,6 +82,12 @@ from .trace import first_float
 
 LOSS_REDUCTIONS = ("mean", "sum")
 BLOCK_SITES = ("boundary", "signal", "branch", "split")  # keyed by block boundary (depth)
+# A Recorder in a training loop: all probes but the two that hook every residual block's
+# additions (measured: they raise the step time of resnet20 by ~1.25x over the rest, see
+# benchmarks/bench_recorder.py); record() and gradflow analyze measure all of them.
+RECORDER_PROBES = tuple(
+    p for p in DEFAULT_PROBES if p not in ("branch_variance", "shortcut_grad_share")
+)
 __all__ = [
     "FRAME_COLUMNS",
     "LAYER_COLUMNS",
@@ -96,7 +102,8 @@ __all__ = [
 class Recorder:
     """Context manager measuring ``probes`` on ``model`` step by step (see the module doc).
 
-    ``probes``: names of ``gradflow.probes.PROBES`` or Probe instances; default all of them:
+    ``probes``: names of ``gradflow.probes.PROBES`` or Probe instances; default
+    ``RECORDER_PROBES``, all of them but branch_variance and shortcut_grad_share:
     response_std/mean/absmax, activation_grad_norm (with activation_grad_rms),
     param_grad_norm, weight_norm and update_ratio (which keeps one copy of the parameters
     to compare with at the next step; everything else is O(number of layers) scalars), and the
@@ -125,7 +132,7 @@ class Recorder:
         self.model = model
         self.module = unwrap(model)
         self.label = label or type(self.module).__name__
-        self.probes = resolve_probes(probes)
+        self.probes = resolve_probes(RECORDER_PROBES if probes is None else probes)
         self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.mean_reduced = (
             check_choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS) == "mean"
