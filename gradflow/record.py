@@ -83,7 +83,7 @@ from .trace import first_float
 LOSS_REDUCTIONS = ("mean", "sum")
 BLOCK_SITES = ("boundary", "signal", "branch", "split")  # keyed by block boundary (depth)
 # A Recorder in a training loop: all probes but the two that hook every residual block's
-# additions (measured: they raise the step time of resnet20 by ~1.25x over the rest, see
+# additions (measured: they raise the step time of resnet20 1.18-1.25x over the rest, see
 # benchmarks/bench_recorder.py); record() and gradflow analyze measure all of them.
 RECORDER_PROBES = tuple(
     p for p in DEFAULT_PROBES if p not in ("branch_variance", "shortcut_grad_share")
