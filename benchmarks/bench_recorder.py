@@ -7,8 +7,9 @@ Three copies of the same network train side by side in one run, their steps inte
 - recorder: the same inside ``gradflow.Recorder(model)`` with its default probes and a
   ``rec.step()`` per training step;
 - recorder-7: the same with the seven probes of the default before the signal propagation
-  probes (channel_variance, branch_variance, shortcut_grad_share) joined it: their cost is
-  the ratio recorder / recorder-7;
+  probe channel_variance joined it: its cost is the ratio recorder / recorder-7;
+- recorder-all: every probe, also branch_variance and shortcut_grad_share (not in the
+  Recorder's default: they hook every residual block's additions);
 - hand-written: what most users write: forward hooks calling ``.std().item()`` on every BN
   output, ``register_full_backward_hook`` on every block taking ``grad_output[0].norm().item()``
   and ``p.grad.norm().item()`` for every parameter after backward.
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradflow as gf
+from gradflow.probes import PROBES
 from gradflow.record import Recorder
 
 PEER_TOOLS = [  # PAPER_FACTS.md, CPU, 2 threads, CIFAR ResNet-56, batch 128
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     base = gf.create_model(args.model).train()
-    names = ("bare", "recorder", "recorder-7", "hand-written")
+    names = ("bare", "recorder", "recorder-7", "recorder-all", "hand-written")
     models = {name: copy.deepcopy(base) for name in names}
     optimizers = {
         name: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -100,7 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     recorders = {
         "recorder": Recorder(models["recorder"], label=args.model).__enter__(),
         "recorder-7": Recorder(models["recorder-7"], BEFORE_SIGNAL, label=args.model).__enter__(),
+        "recorder-all": Recorder(
+            models["recorder-all"], list(PROBES), label=args.model
+        ).__enter__(),
     }
+    recorders["recorder-all"].__enter__()
     recorder = recorders["recorder"]
 
     def train_step(name: str) -> tuple[float, float]:
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print("(CPU = process time: less sensitive to other processes on a shared machine)")
     signal = statistics.median(times["recorder"]) / statistics.median(times["recorder-7"])
-    print(f"signal propagation probes: recorder / recorder-7 = {signal:.3f}x (wall)")
+    print(f"channel_variance probe: recorder / recorder-7 = {signal:.3f}x (wall)")
     print(
         f"recorder frame(): {len(frame)} rows in {frame_seconds * 1000:.0f} ms "
         f"(once, after training)"

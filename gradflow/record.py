@@ -41,6 +41,7 @@ from .losses import resolve_loss
 from .probes import (
     DEFAULT_PROBES,
     QUANTITIES,
+    SHORTCUT_GRAD_SHARE,
     UPDATE_RATIO,
     BoundaryBatch,
     BoundaryStats,
@@ -81,6 +82,12 @@ from .trace import first_float
 
 LOSS_REDUCTIONS = ("mean", "sum")
 BLOCK_SITES = ("boundary", "signal", "branch", "split")  # keyed by block boundary (depth)
+# A Recorder in a training loop: all probes but the two that hook every residual block's
+# additions (measured: they raise the step time of resnet20 1.18-1.25x over the rest, see
+# benchmarks/bench_recorder.py); record() and gradflow analyze measure all of them.
+RECORDER_PROBES = tuple(
+    p for p in DEFAULT_PROBES if p not in ("branch_variance", "shortcut_grad_share")
+)
 __all__ = [
     "FRAME_COLUMNS",
     "LAYER_COLUMNS",
@@ -95,10 +102,14 @@ __all__ = [
 class Recorder:
     """Context manager measuring ``probes`` on ``model`` step by step (see the module doc).
 
-    ``probes``: names of ``gradflow.probes.PROBES`` or Probe instances; default all of them:
+    ``probes``: names of ``gradflow.probes.PROBES`` or Probe instances; default
+    ``RECORDER_PROBES``, all of them but branch_variance and shortcut_grad_share:
     response_std/mean/absmax, activation_grad_norm (with activation_grad_rms),
     param_grad_norm, weight_norm and update_ratio (which keeps one copy of the parameters
-    to compare with at the next step; everything else is O(number of layers) scalars).
+    to compare with at the next step; everything else is O(number of layers) scalars), and the
+    signal propagation probes of ``gradflow.signal_probes`` at block boundaries and residual
+    blocks (channel_variance with channel_mean_sq, branch_variance, shortcut_grad_share with
+    the two norms; residual blocks from ``gradflow.structure``, hooks of ``gradflow.taps``).
     ``layers`` (names, glob patterns or module types) replaces the default response layers
     and gradient points (then ``stem`` is the input of the first of them, depth k the output
     of the k-th); ``boundaries`` replaces the gradient points alone.
@@ -121,7 +132,7 @@ class Recorder:
         self.model = model
         self.module = unwrap(model)
         self.label = label or type(self.module).__name__
-        self.probes = resolve_probes(probes)
+        self.probes = resolve_probes(RECORDER_PROBES if probes is None else probes)
         self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.mean_reduced = (
             check_choice("loss_reduction", loss_reduction, LOSS_REDUCTIONS) == "mean"
@@ -456,10 +467,21 @@ class Recorder:
         self._check_finite(step, segments, flat)
 
     def _check_finite(self, step: int, segments: list, flat: np.ndarray) -> None:
-        if self.on_nonfinite != "ignore" and not np.isfinite(flat).all():
-            check_measurements(
-                f"{self.label}: ", step, segments, flat, self.on_nonfinite, skip=UPDATE_RATIO
-            )
+        """Report non-finite values; update_ratio and shortcut_grad_share may be NaN by
+        definition (||w|| = 0; both gradient paths 0), their inputs are checked themselves."""
+        if self.on_nonfinite == "ignore" or np.isfinite(flat).all():
+            return
+        kept, values, offset = [], [], 0
+        for segment in segments:
+            size = len(segment[1])
+            if segment[2] != SHORTCUT_GRAD_SHARE:
+                kept.append(segment)
+                values.append(flat[offset : offset + size])
+            offset += size
+        flat = np.concatenate(values) if values else np.zeros(0)
+        check_measurements(
+            f"{self.label}: ", step, kept, flat, self.on_nonfinite, skip=UPDATE_RATIO
+        )
 
     # ----- distributed ------------------------------------------------------------
     def all_reduce(self, group=None) -> None:

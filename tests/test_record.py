@@ -303,7 +303,6 @@ def test_forward_only_under_no_grad():
         "update_ratio",
         "channel_mean_sq",  # forward signal propagation needs no gradient
         "channel_variance",
-        "branch_variance",
     }
     # no optimiser step: nothing moved; NaN (undefined) exactly where ||w|| = 0 (BN biases)
     ratio, weight = values(frame, "update_ratio"), values(frame, "weight_norm")

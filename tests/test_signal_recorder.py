@@ -49,11 +49,23 @@ def image_batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, 16, 16, generator=generator), torch.randint(0, 5, (n,))
 
 
-def test_zero_gamma_torchvision_resnet_passes_the_signal_and_the_shortcut_carries_everything():
-    model = torchvision_resnet(zero_gamma=True)
+@pytest.fixture(scope="module")
+def resnet_frames() -> dict[bool, pd.DataFrame]:
+    """record() of the torchvision-style ResNet, zero-gamma or not, on one batch (model kept
+    unchanged); all default probes, so that the report test sees a real records frame."""
     x, y = image_batch()
-    with gf.testing.assert_unchanged(model):
-        frame = gf.record(model, x, y, probes=SIGNAL)
+    frames = {}
+    for zero_gamma in (True, False):
+        model = torchvision_resnet(zero_gamma)
+        with gf.testing.assert_unchanged(model):
+            frames[zero_gamma] = gf.record(model, x, y, label=f"resnet zero_gamma={zero_gamma}")
+    return frames
+
+
+def test_zero_gamma_torchvision_resnet_passes_the_signal_and_the_shortcut_carries_everything(
+    resnet_frames,
+):
+    frame = resnet_frames[True]
     variance, mean_sq = by_layer(frame, "channel_variance"), by_layer(frame, "channel_mean_sq")
     # the stem output is >= 0 (ReLU, max-pool), so relu(x + 0) = x through stage 1 exactly
     for block in ("layer1.0", "layer1.1"):
@@ -66,7 +78,8 @@ def test_zero_gamma_torchvision_resnet_passes_the_signal_and_the_shortcut_carrie
     assert (share == 1).all()  # J_F = 0 exactly, also behind the projection shortcuts
     assert (by_layer(frame, "branch_grad_norm") == 0).all()
     assert (by_layer(frame, "shortcut_grad_norm") > 0).all()
-    assert set(frame[frame.layer != "stem"].kind) == {"residual"}
+    blocks = frame[frame.quantity.str.startswith("channel_") & (frame.layer != "stem")]
+    assert set(blocks.kind) == {"residual"} and len(blocks) == 12
 
 
 class Projected(nn.Module):
@@ -141,10 +154,10 @@ def _stored_io(model: nn.Module, blocks: list[str], inputs) -> tuple[dict, dict,
     return stored_in, stored_out, branch
 
 
-def test_torchvision_resnet_statistics_equal_dense_ones_from_stored_activations():
+def test_torchvision_resnet_statistics_equal_dense_ones_from_stored_activations(resnet_frames):
     model = torchvision_resnet(zero_gamma=False)
-    x, y = image_batch()
-    frame = gf.record(model, x, y, probes=SIGNAL)
+    x, _ = image_batch()
+    frame = resnet_frames[False]
     blocks = [f"layer{s}.{b}" for s in (1, 2, 3) for b in (0, 1)]
     stored_in, stored_out, branch = _stored_io(copy.deepcopy(model), blocks, x)
     mean_sq, variance = by_layer(frame, "channel_mean_sq"), by_layer(frame, "channel_variance")
@@ -205,9 +218,11 @@ def test_two_batches_in_one_step_give_the_statistics_of_the_concatenated_batch()
     model = torchvision_resnet(zero_gamma=False).eval()  # BN: running statistics, per sample
     x, y = image_batch(12)
 
+    found = gf.structure(model, x)
+
     def measure(parts: list[slice]) -> pd.Series:
         twin = copy.deepcopy(model)
-        with Recorder(twin, SIGNAL) as rec:
+        with Recorder(twin, SIGNAL, structure=found) as rec:
             for part in parts:
                 F.cross_entropy(twin(x[part]), y[part], reduction="sum").backward()
             rec.step()
@@ -218,11 +233,10 @@ def test_two_batches_in_one_step_give_the_statistics_of_the_concatenated_batch()
     pd.testing.assert_series_equal(halves.sort_index(), whole.sort_index(), rtol=1e-5)
 
 
-def test_the_report_shows_the_signal_propagation_panel_and_the_shortcut_share(tmp_path):
-    x, y = image_batch()
-    records = pd.concat(
-        [gf.record(torchvision_resnet(z), x, y, label=f"resnet zero_gamma={z}") for z in (0, 1)]
-    )
+def test_the_report_shows_the_signal_propagation_panel_and_the_shortcut_share(
+    tmp_path, resnet_frames
+):
+    records = pd.concat(resnet_frames.values(), ignore_index=True)
     forward, backward = _forward_section(records), _backward_section(records)
     assert [stem for stem, _, _ in forward.figures] == ["signal_propagation"]  # at init
     assert "shortcut_grad_share" in [stem for stem, _, _ in backward.figures]
