@@ -86,8 +86,12 @@ def zoo_twins(name: str, init: str | None) -> tuple[list[tuple[str, str, str]], 
             twins.append(("pre-activation", twin("preresnet"), init))
         else:
             missing.append(f"pre-activation (no preresnet{depth} at input {size} in the zoo)")
+    twins = [t for t in twins if (t[1], t[2]) != (name, init)]
     note = f"{name}: not built: {'; '.join(missing)}" if missing else None
-    return [t for t in twins if (t[1], t[2]) != (name, init)], note
+    if not twins and not missing:
+        note = f"{name}: no counterfactual: it has identity shortcuts, zero-gamma and "
+        note += "pre-activation already"
+    return twins, note
 
 
 def zero_gamma_copy(model: nn.Module, inputs) -> tuple[nn.Module, list[str], str | None]:
