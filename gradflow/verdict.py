@@ -27,13 +27,14 @@ from .summaries import geomean, summary_table
 
 # |log10 ||dL/dz_0|| / ||dL/dz_L||| below this: "preserved" (within a factor 4). A zero-gamma
 # ResNet, whose blocks are all the identity at init, measures -0.47 (resnet56) and -0.48
-# (resnet20) on the seeded batch (the last block's ReLU drops the gradient where its input
-# is 0): the band must hold a net that is the identity by construction, with margin.
+# (resnet20) on the seeded batch (going backward, the last block's ReLU drops the gradient
+# once, where the activations are 0): the band must hold a net that is the identity by
+# construction, with margin.
 PRESERVED_LOG10 = 0.6
 # At or above this (a factor 100): "exploding" / "vanishing"; in between "growing" /
-# "shrinking". It separates the seeded pair of He et al.'s Figure 1: plain56 (10^4.1, fails
-# to train well) from resnet56 (10^1.6, trains); plain20 (10^1.4) and resnet110 (10^1.9),
-# which both train, stay below it.
+# "shrinking". It separates the seeded pair of He et al.'s Figure 1: plain56 (10^4.1, higher
+# training error than plain20 there) from resnet56 (10^1.6); plain20 (10^1.4) and resnet110
+# (10^1.9), which both train well in the paper, stay below it.
 EXPLODING_LOG10 = 2.0
 # "Most of it": the share of the log-growth the named run of blocks carries.
 MOST_SHARE = 2 / 3

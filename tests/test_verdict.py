@@ -284,7 +284,8 @@ def test_whatif_user_models_zero_gamma_or_a_one_line_note(whatif_run):
     frame = pd.read_csv(out / "data" / "whatif.csv")
     user = frame[frame["model"] == "nets.py:residual"].set_index("variant")
     assert list(user["net"]) == ["nets.py:residual", "nets.py:residual zero-gamma"]
-    # each block is relu(x + 0): only the first one's ReLU masks the (signed) stem output
+    # each block is relu(x + 0): going backward, a ReLU drops the gradient once, where the
+    # activations are 0 (the signed stem output's negative half); no growth is left
     given, zero = user.loc["as given"], user.loc["zero-gamma"]
     assert zero["diagnosis"] == "preserved" and given["diagnosis"] != "preserved"
     assert abs(zero["grad_log10_ratio"]) < abs(given["grad_log10_ratio"]) - 0.3
