@@ -3,10 +3,14 @@
 The first sentence says how the gradient scales from the output to the input (the
 activation-gradient norms at the block boundaries), where the growth concentrates and how
 large each block's Jacobian is there; the second one describes the cumulative Jacobian at the
-deepest depth measured. For example (plain56 at init, seeded batch)::
+deepest depth measured. For example (``gradflow analyze --model plain56 --model resnet56``)::
 
     plain56: exploding gradient: it grows 10^4.1x from output to input at init, spread over
-    all 27 blocks (~10^0.15 each); each block's J_H has largest singular value ~5.2. ...
+    all 27 blocks (~10^0.15 each); each block's J_H has largest singular value ~4.7. prod
+    J_H to block 27: largest singular value 1.54e+05, ...
+    resnet56: growing gradient: it grows 10^1.5x from output to input at init; 69% of it in
+    blocks 1-9 (stage1.block1 to stage1.block9), where each block's I+J_F has largest
+    singular value ~3.9 (2.2 to 5.7). ...
 
 Block names are the ``layer`` column of the records (``gradflow.structure``'s block paths), so
 user models are described in the same words. A non-finite number is said to be non-finite,
@@ -27,13 +31,14 @@ from .summaries import geomean, summary_table
 
 # |log10 ||dL/dz_0|| / ||dL/dz_L||| below this: "preserved" (within a factor 4). A zero-gamma
 # ResNet, whose blocks are all the identity at init, measures -0.47 (resnet56) and -0.48
-# (resnet20) on the seeded batch (the last block's ReLU drops the gradient where its input
-# is 0): the band must hold a net that is the identity by construction, with margin.
+# (resnet20) on the seeded batch (going backward, the last block's ReLU drops the gradient
+# once, where the activations are 0): the band must hold a net that is the identity by
+# construction, with margin.
 PRESERVED_LOG10 = 0.6
 # At or above this (a factor 100): "exploding" / "vanishing"; in between "growing" /
-# "shrinking". It separates the seeded pair of He et al.'s Figure 1: plain56 (10^4.1, fails
-# to train well) from resnet56 (10^1.6, trains); plain20 (10^1.4) and resnet110 (10^1.9),
-# which both train, stay below it.
+# "shrinking". It separates the seeded pair of He et al.'s Figure 1: plain56 (10^4.1, higher
+# training error than plain20 there) from resnet56 (10^1.6); plain20 (10^1.4) and resnet110
+# (10^1.9), which both train well in the paper, stay below it.
 EXPLODING_LOG10 = 2.0
 # "Most of it": the share of the log-growth the named run of blocks carries.
 MOST_SHARE = 2 / 3

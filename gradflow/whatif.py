@@ -86,8 +86,12 @@ def zoo_twins(name: str, init: str | None) -> tuple[list[tuple[str, str, str]], 
             twins.append(("pre-activation", twin("preresnet"), init))
         else:
             missing.append(f"pre-activation (no preresnet{depth} at input {size} in the zoo)")
+    twins = [t for t in twins if (t[1], t[2]) != (name, init)]
     note = f"{name}: not built: {'; '.join(missing)}" if missing else None
-    return [t for t in twins if (t[1], t[2]) != (name, init)], note
+    if not twins and not missing:
+        note = f"{name}: no counterfactual: it has identity shortcuts, zero-gamma and "
+        note += "pre-activation already"
+    return twins, note
 
 
 def zero_gamma_copy(model: nn.Module, inputs) -> tuple[nn.Module, list[str], str | None]:
@@ -128,37 +132,61 @@ def plan(config, specs: dict, probes: dict, data, device: torch.device) -> Plan:
     """The counterfactual nets of every analysed model (module doc), each with its probe.
 
     ``specs``: label -> what was analysed (a zoo name gets the zoo twins; anything else,
-    also a zoo net given as a module, the zero-gamma copy)."""
-    from .model_inputs import build_source, is_zoo_name
+    also a zoo net given as a module, the zero-gamma copy). A twin that is one of the
+    analysed nets, or another model's twin, is measured once."""
+    from .model_inputs import is_zoo_name
 
     out, base = Plan(), config.init or "he"
-    zoo = {label for label, spec in specs.items() if isinstance(spec, str) and is_zoo_name(spec)}
-    built = {(label, base): label for label in zoo}
+    zoo = {
+        label: spec for label, spec in specs.items() if isinstance(spec, str) and is_zoo_name(spec)
+    }
+    built = {(spec, base): label for label, spec in zoo.items()}
     for label, probe in probes.items():
         out.rows.append((label, AS_GIVEN, label))
         if label in zoo:
-            twins, note = zoo_twins(label, config.init)
-            for variant, name, init in twins:
-                if (name, init) not in built:
-                    net = name if init == base else f"{name} {init.replace('_', '-')}"
-                    options = replace(config, init=init, checkpoint=None)
-                    model, _ = build_source(name, options, data, device)
-                    out.probes[net] = replace(probe, label=net, model=model)
-                    built[name, init] = net
-                out.rows.append((label, variant, built[name, init]))
+            note = _zoo_rows(out, label, zoo[label], probe, (config, data, device), built)
         else:
-            net = f"{label} zero-gamma"
-            try:
-                model, _, note = zero_gamma_copy(probe.model, probe.inputs)
-            except UserInputError as err:
-                note = str(err)
-            else:
-                out.probes[net] = replace(probe, label=net, model=model)
-                out.rows.append((label, "zero-gamma", net))
-            note = f"{label}: {note}" if note else None
+            note = _zero_gamma_rows(out, label, probe)
         if note:
             out.notes[label] = note
     return out
+
+
+def _zoo_rows(out: Plan, label: str, name: str, probe, context, built: dict) -> str | None:
+    """Add the zoo twins of ``name`` (built as ``analyze`` builds zoo nets) to ``out``."""
+    from .model_inputs import build_source
+
+    config, data, device = context
+    base = config.init or "he"
+    twins, note = zoo_twins(name, config.init)
+    failed = []
+    for variant, twin, init in twins:
+        if (twin, init) not in built:
+            net = twin if init == base else f"{twin} {init.replace('_', '-')}"
+            options = replace(config, init=init, checkpoint=None)
+            try:
+                model, _ = build_source(twin, options, data, device)
+            except UserInputError as err:
+                failed.append(f"{variant} ({twin}: {err})")
+                continue
+            out.probes[net] = replace(probe, label=net, model=model)
+            built[twin, init] = net
+        out.rows.append((label, variant, built[twin, init]))
+    if failed:
+        note = (note + "; " if note else f"{label}: not built: ") + "; ".join(failed)
+    return note
+
+
+def _zero_gamma_rows(out: Plan, label: str, probe) -> str | None:
+    """Add the zero-gamma copy of a model that is not a zoo name to ``out``."""
+    net = f"{label} zero-gamma"
+    try:
+        model, _, note = zero_gamma_copy(probe.model, probe.inputs)
+    except UserInputError as err:
+        return f"{label}: {err}"
+    out.probes[net] = replace(probe, label=net, model=model)
+    out.rows.append((label, "zero-gamma", net))
+    return f"{label}: {note}" if note else None
 
 
 def measure(config, found: Plan, step: int) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
