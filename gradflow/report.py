@@ -278,6 +278,8 @@ def _forward_section(records: pd.DataFrame) -> Section:
 
 def _spectra_section(spectra: pd.DataFrame, spectra_summary: pd.DataFrame) -> Section:
     """The cumulative and per-block Jacobian spectra, and the solvers that computed them."""
+    if spectra.empty:  # every model was non-finite (gradflow.finite): nothing was measured
+        return Section("Jacobian spectra", paragraphs=["Not computed: see the verdicts."])
     spectra_method = ", ".join(sorted(map(str, spectra.get("method", pd.Series()).unique())))
     return Section(
         "Jacobian spectra",
