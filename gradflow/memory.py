@@ -123,3 +123,21 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+def record_lines(meta: dict) -> list[str]:
+    """One sentence per analysed (model, step) on its record batch (meta.json's ``record``)."""
+    lines = []
+    for plan in meta.get("record") or []:
+        step = f" at step {plan['step']}" if plan.get("step") else ""
+        fed = (
+            "in one pass"
+            if plan["micro_batches"] == 1
+            else f"in {plan['micro_batches']} micro-batches of at most {plan['micro_batch']}"
+        )
+        lines.append(
+            f"{plan['model']}{step}: record batch of {plan['batch_size']} fed {fed} "
+            f"({plan['saved_mib_per_sample']:.3g} MiB of saved activations per sample, "
+            f"budget {plan['record_memory_mib']} MiB)."
+        )
+    return lines

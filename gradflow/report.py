@@ -211,6 +211,7 @@ def build_analysis_report(result) -> Report:
 
 def _summary_section(result) -> Section:
     """What data and measurement batch the run used, the verdicts and the summary table."""
+    from .memory import record_lines
     from .model_inputs import input_lines
 
     config, data = result.meta.get("config", {}), result.meta.get("data", {})
@@ -221,14 +222,21 @@ def _summary_section(result) -> Section:
             "real data set; use --data fashion-mnist or cifar10 for real data."
         )
     batch = (
-        f"One batch of {config.get('batch_size')} images (seed {config.get('seed')}) for the "
+        f"One batch of {config.get('batch_size') or 'the size below'} inputs (seed "
+        f"{config.get('seed')}) for the "
         f"records; spectra on the first {config.get('samples')} of them, the {config.get('k')} "
         f"largest and {config.get('k')} smallest singular values per operator, depths "
         f"{config.get('depths')!s}."
     )
     return Section(
         "Summary",
-        paragraphs=[data_line, batch, *input_lines(result.meta), *result.verdicts()],
+        paragraphs=[
+            data_line,
+            batch,
+            *input_lines(result.meta),
+            *record_lines(result.meta),
+            *result.verdicts(),
+        ],
         table=result.summary,
     )
 
