@@ -42,6 +42,7 @@ __all__ = ["SUMMARY_COLUMNS", "AnalysisConfig", "AnalysisResult", "analyze", "ch
 # A smallest singular value below this fraction of the largest counts as zero (rank-deficient).
 RANK_DEFICIENT = 1e-6
 REPORT_KIND = "analysis-report"
+PRECHECK_SAMPLES = 16  # the non-finite check before the long phases: one small forward+backward
 
 
 @dataclass
@@ -326,7 +327,8 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
 
 
 def _first_nonfinite(probe, plan: dict, everything: bool = False):
-    """Where NaN/Inf first appears on the first micro-batch (or on all of them)."""
+    """Where NaN/Inf first appears on the first ``PRECHECK_SAMPLES`` (or on every micro-batch:
+    after a record phase whose numbers are non-finite although the first samples were not)."""
     from .finite import locate_nonfinite
     from .inputs import select_samples
     from .record import micro_batches, slice_targets
@@ -335,7 +337,7 @@ def _first_nonfinite(probe, plan: dict, everything: bool = False):
     slices = micro_batches(total, plan["micro_batch"])
     batches = (
         (select_samples(probe.inputs, part), slice_targets(probe.targets, part, total))
-        for part in (slices if everything else slices[:1])
+        for part in (slices if everything else [slice(0, min(PRECHECK_SAMPLES, total))])
     )
     return locate_nonfinite(probe.model, batches, probe.loss_fn)
 

@@ -3,7 +3,7 @@
 A backward pass needs the tensors autograd saved in the forward pass (conv inputs, BN inputs,
 ReLU outputs, ...): for a deep net they are the whole peak (resnet1202 at batch 128: 13.7 GB).
 ``saved_bytes_per_sample`` measures them in one forward pass of a tiny slice under
-``torch.autograd.graph.saved_tensors_hooks`` (each storage counted once, parameters left out:
+``torch.autograd.graph.saved_tensors_hooks`` (each tensor counted once, parameters left out:
 they do not grow with the batch); ``choose_micro_batch`` then takes the largest slice whose
 saved tensors fit ``budget_mib`` (conservative: resnet110 at batch 128 saves 1.03 GB by this
 count while its record phase raises the peak RSS by 0.7 GB: in-place ReLU outputs, freed
@@ -45,7 +45,7 @@ def saved_bytes_per_sample(
     """Bytes autograd saves per sample in one forward (+ loss) of ``model`` on a tiny slice.
 
     Runs as the record pass does (input requiring grad; buffers and RNG restored after, no
-    backward, so nothing of the model changes); each saved storage is counted once,
+    backward, so nothing of the model changes); each saved tensor is counted once,
     parameters and buffers not at all.
     """
     from .inputs import first_float_tensor, replace_first_float
@@ -57,12 +57,11 @@ def saved_bytes_per_sample(
     part = slice(0, min(PROBE_SAMPLES, total))
     count = part.stop
     fixed = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: dict[int, int] = {}
+    seen: dict[tuple[int, int], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in fixed:
-            seen[storage.data_ptr()] = storage.nbytes()
+        if t.untyped_storage().data_ptr() not in fixed:  # a view of the batch counts its size
+            seen[t.data_ptr(), t.numel()] = t.numel() * t.element_size()
         return t
 
     tiny = select_samples(inputs, part)

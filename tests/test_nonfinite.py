@@ -62,48 +62,62 @@ def build():
 TINY = ["--input-shape", "3,8,8", "--batch-size", "8", "--samples", "1", "--k", "2", "--quiet"]
 
 
-def analyze_file(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess, Path]:
-    (tmp_path / "net.py").write_text(textwrap.dedent(source))
-    out = tmp_path / "report"
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One `gradflow analyze` of both model files (one subprocess: the imports cost most)."""
+    folder = tmp_path_factory.mktemp("nonfinite")
+    (folder / "nan_mlp.py").write_text(textwrap.dedent(NAN_MLP))
+    (folder / "overflow_cnn.py").write_text(textwrap.dedent(OVERFLOW_CNN))
+    out = folder / "report"
     result = subprocess.run(
-        [sys.executable, "-m", "gradflow", "analyze", "--model", "net.py:build",
-         "--out", str(out), *TINY],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [sys.executable, "-m", "gradflow", "analyze", "--model", "nan_mlp.py:build",
+         "--model", "overflow_cnn.py:build", "--out", str(out), *TINY],
+        capture_output=True, text=True, timeout=900, cwd=folder,
     )  # fmt: skip
     return result, out
 
 
-def assert_nonfinite_summary(summary: pd.DataFrame) -> None:
-    row = summary.iloc[0]
+def verdict_line(stdout: str, label: str) -> str:
+    (line,) = [line for line in stdout.splitlines() if line.startswith(f"{label}: ")]
+    return line
+
+
+def assert_nonfinite_summary(summary: pd.DataFrame, label: str | None = None) -> None:
+    row = summary.iloc[0] if label is None else summary.set_index("model").loc[label]
     for cell in ("grad_log10_ratio", "prod_largest", "prod_rms", "prod_log10_condition"):
         assert not math.isfinite(row[cell]), cell
 
 
-def test_cli_names_the_linear_with_a_nan_weight(tmp_path):
-    result, out = analyze_file(tmp_path, NAN_MLP)
+def test_cli_completes_with_a_report_and_no_traceback(cli_run):
+    result, out = cli_run
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert "the output of `fc3` (Linear)" in result.stdout
-    assert "weight (1 NaN of 256)" in result.stdout
-    assert "NOT FINITE" in result.stdout and "rank-deficient" not in result.stdout
     assert "the point x contains NaN" not in result.stdout + result.stderr
-    assert_nonfinite_summary(pd.read_csv(out / "data" / "summary.csv"))
-    site = json.loads((out / "meta.json").read_text())["nonfinite"][0]
-    assert (site["stage"], site["module"], site["kind"]) == ("forward", "fc3", "Linear")
-    assert "`fc3`" in (out / "report.html").read_text()
-
-
-def test_cli_names_the_conv_whose_output_overflows(tmp_path):
-    result, out = analyze_file(tmp_path, OVERFLOW_CNN)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "the output of `conv4` (Conv2d)" in result.stdout
-    assert "overflows float32" in result.stdout
     assert "rank-deficient" not in result.stdout and "inactive ReLU" not in result.stdout
-    assert_nonfinite_summary(pd.read_csv(out / "data" / "summary.csv"))
-    site = json.loads((out / "meta.json").read_text())["nonfinite"][0]
-    assert site["module"] == "conv4"
-    assert "Inf" in site["detail"]
+    html = (out / "report.html").read_text()
+    assert "`fc3`" in html and "`conv4`" in html
+
+
+def test_cli_names_the_linear_with_a_nan_weight(cli_run):
+    result, out = cli_run
+    line = verdict_line(result.stdout, "nan_mlp.py:build")
+    assert "NOT FINITE" in line and "the output of `fc3` (Linear)" in line
+    assert "weight (1 NaN of 256)" in line
+    assert_nonfinite_summary(pd.read_csv(out / "data" / "summary.csv"), "nan_mlp.py:build")
+    sites = {s["model"]: s for s in json.loads((out / "meta.json").read_text())["nonfinite"]}
+    site = sites["nan_mlp.py:build"]
+    assert (site["stage"], site["module"], site["kind"]) == ("forward", "fc3", "Linear")
+
+
+def test_cli_names_the_conv_whose_output_overflows(cli_run):
+    result, out = cli_run
+    line = verdict_line(result.stdout, "overflow_cnn.py:build")
+    assert "NOT FINITE" in line and "the output of `conv4` (Conv2d)" in line
+    assert "overflows float32" in line
+    assert_nonfinite_summary(pd.read_csv(out / "data" / "summary.csv"), "overflow_cnn.py:build")
+    sites = {s["model"]: s for s in json.loads((out / "meta.json").read_text())["nonfinite"]}
+    assert sites["overflow_cnn.py:build"]["module"] == "conv4"
+    assert "Inf" in sites["overflow_cnn.py:build"]["detail"]
 
 
 def _exec(source: str) -> nn.Module:
