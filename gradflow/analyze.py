@@ -41,6 +41,7 @@ from .verdict import summary_display, verdict_frame
 __all__ = ["SUMMARY_COLUMNS", "AnalysisConfig", "AnalysisResult", "analyze", "check_out"]
 
 REPORT_KIND = "analysis-report"
+PRECHECK_SAMPLES = 16  # the non-finite check before the long phases: one small forward+backward
 
 
 @dataclass
@@ -170,7 +171,8 @@ def analyze(
     *,
     data: str = "synthetic",
     data_dir: str | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
+    record_memory: int = 1024,
     samples: int = 2,
     k: int = 8,
     depths: str = "auto",
@@ -214,6 +216,13 @@ def analyze(
     ``hessian``: also the loss Hessian's top eigenvalue and trace per block and the whole
     net's spectral density, on the first ``hessian_batch`` samples with BN in ``hessian_bn``
     mode (``gradflow.analyze_hessian``; ``AnalysisResult.hessian``).
+    Memory: ``batch_size=None`` takes ``gradflow.memory.default_batch_size`` of each model's
+    input size (128 up to 3x32x32, 16 at 3x224x224); the record phase feeds the batch in
+    micro-batches whose saved activations fit ``record_memory`` MiB (``meta["record"]``).
+    Non-finite values: before the long phases, one forward and backward on the first
+    micro-batch finds where NaN/Inf first appears (``gradflow.finite.locate_nonfinite``);
+    such a model is recorded, its spectra are skipped, its summary cells are NaN and its
+    verdict names the module (``meta["nonfinite"]``).
     """
     pairs = labelled_models(models)
     config = AnalysisConfig(
@@ -221,6 +230,7 @@ def analyze(
         data=data,
         data_dir=data_dir,
         batch_size=batch_size,
+        record_memory=record_memory,
         samples=samples,
         k=k,
         depths=depths,
@@ -279,7 +289,41 @@ def _progress_bar(config: AnalysisConfig, total: int):
     )
 
 
-def _measure(phase: str, probe, config: AnalysisConfig) -> pd.DataFrame:
+def _record_plan(probe, config: AnalysisConfig) -> dict:
+    """Batch and micro-batch of one model's record phase, from its saved bytes per sample."""
+    from .inputs import batch_size
+    from .memory import choose_micro_batch, saved_bytes_per_sample
+
+    total = batch_size(probe.inputs)
+    per_sample = saved_bytes_per_sample(probe.model, probe.inputs, probe.targets, probe.loss_fn)
+    micro = choose_micro_batch(per_sample, total, config.record_memory)
+    return {
+        "model": probe.label,
+        "batch_size": total,
+        "micro_batch": micro,
+        "micro_batches": -(-total // micro),
+        "saved_mib_per_sample": round(per_sample / 2**20, 3),
+        "record_memory_mib": config.record_memory,
+    }
+
+
+def _first_nonfinite(probe, plan: dict, everything: bool = False):
+    """Where NaN/Inf first appears on the first ``PRECHECK_SAMPLES`` (or on every micro-batch:
+    after a record phase whose numbers are non-finite although the first samples were not)."""
+    from .finite import locate_nonfinite
+    from .inputs import select_samples
+    from .record import micro_batches, slice_targets
+
+    total = plan["batch_size"]
+    slices = micro_batches(total, plan["micro_batch"])
+    batches = (
+        (select_samples(probe.inputs, part), slice_targets(probe.targets, part, total))
+        for part in (slices if everything else [slice(0, min(PRECHECK_SAMPLES, total))])
+    )
+    return locate_nonfinite(probe.model, batches, probe.loss_fn)
+
+
+def _measure(phase: str, probe, config: AnalysisConfig, plan: dict, site) -> pd.DataFrame:
     """One phase on one model: the Recorder's frame ("record") or the spectra ("spectra")."""
     model, label, x = probe.model, probe.label, probe.inputs
     if phase == "hessian":
@@ -289,9 +333,15 @@ def _measure(phase: str, probe, config: AnalysisConfig) -> pd.DataFrame:
     if phase == "record":
         from .record import record
 
-        return record(model, x, probe.targets, loss_fn=probe.loss_fn, label=label)
+        return record(
+            model, x, probe.targets, loss_fn=probe.loss_fn, label=label,
+            micro_batch=plan["micro_batch"], on_nonfinite="ignore" if site else "warn",
+        )  # fmt: skip
     from .spectra import block_spectra
+    from .spectra.blocks import COLUMNS
 
+    if site is not None:  # Jacobians at a non-finite point mean nothing: NaN in the summary
+        return pd.DataFrame(columns=COLUMNS)
     torch.manual_seed(config.seed)
     return block_spectra(
         model,
@@ -304,8 +354,23 @@ def _measure(phase: str, probe, config: AnalysisConfig) -> pd.DataFrame:
     )
 
 
+def _model_config(config: AnalysisConfig, spec) -> AnalysisConfig:
+    """``config`` with this model's batch size (``default_batch_size`` of its input size)."""
+    from dataclasses import replace
+
+    from .memory import default_batch_size
+    from .model_inputs import parse_shape, zoo_input_size
+
+    if config.batch_size is not None:
+        return config
+    shape = parse_shape(config.input_shape) or zoo_input_size(spec)
+    return replace(config, batch_size=default_batch_size(shape))
+
+
 def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step: int):
     """Build the models, measure each (record, spectra), summarise; global RNG restored."""
+    from .finite import mark_summary
+
     device = parse_device(config.device)
     started = time.time()
     data = OnDemand(lambda: measurement_dataset(config))
@@ -313,29 +378,37 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     frames: dict[str, list[pd.DataFrame]] = {"record": [], "spectra": []}
     if config.hessian:
         frames["hessian"] = []
-    timings = []
+    timings, plans, sites = [], [], []
     try:
-        probes = {label: probe_for(label, model, config, data, device) for label, model in pairs}
+        probes = {
+            label: probe_for(label, model, _model_config(config, model), data, device)
+            for label, model in pairs
+        }
         bar = _progress_bar(config, len(probes) * len(frames))
         with bar:
             for label, probe in probes.items():
+                plans.append(plan := {**_record_plan(probe, config), "step": step})
+                site = _first_nonfinite(probe, plan)
                 for phase, collected in frames.items():
                     bar.set_postfix_str(f"{label}: {phase}")
-                    phase_started = time.perf_counter()
-                    collected.append(_measure(phase, probe, config).assign(step=step))
-                    seconds = round(time.perf_counter() - phase_started, 2)
-                    timings.append(
-                        {"model": label, "step": step, "phase": phase, "seconds": seconds}
-                    )
+                    frame, timing = _timed(phase, probe, config, plan, site)
+                    if phase == "record" and site is None and not _all_finite(frame):
+                        site = _first_nonfinite(probe, plan, everything=True)
+                    collected.append(frame.assign(step=step))
+                    timings.append({"model": label, "step": step, "phase": phase, **timing})
                     bar.update()
+                if site is not None:
+                    sites.append({"model": label, "step": step, **site.as_dict()})
     finally:
         torch.random.set_rng_state(rng_state)
     records = pd.concat(frames["record"], ignore_index=True)
     spectra = pd.concat(frames["spectra"], ignore_index=True)
     spectra_summary = spectra_summary_by_step(spectra)
-    summary = summary_table(records, spectra_summary)
+    summary = mark_summary(summary_table(records, spectra_summary), records, sites)
     meta = analysis_meta(config, data.value, time.time() - started)
     meta["phase_seconds"] = timings
+    meta["record"] = plans
+    meta["nonfinite"] = sites
     meta["inputs"] = {label: probe.meta() for label, probe in probes.items()}
     hessian = None
     if config.hessian:
@@ -357,6 +430,23 @@ def add_whatif(result: AnalysisResult, config, specs: dict, probes: dict, data, 
     records, spectra, timings = whatif.measure(config, found, step)
     result.whatif = whatif.whatif_table(result, found, records, spectra)
     result.meta["whatif"] = {"notes": found.notes, "phase_seconds": timings}
+
+
+def _timed(phase: str, probe, config: AnalysisConfig, plan: dict, site):
+    """``_measure`` with its wall time and the peak RSS while it ran (``gradflow.memory``)."""
+    from .memory import peak_rss_mib, reset_peak_rss
+
+    reset_peak_rss()
+    started = time.perf_counter()
+    frame = _measure(phase, probe, config, plan, site)
+    seconds = round(time.perf_counter() - started, 2)
+    return frame, {"seconds": seconds, "peak_rss_mib": round(peak_rss_mib())}
+
+
+def _all_finite(frame: pd.DataFrame) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(frame["value"].to_numpy(dtype=float)).all())
 
 
 def parse_depths(depths: str) -> str | list[int]:

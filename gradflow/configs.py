@@ -73,7 +73,19 @@ class AnalysisConfig:
         "sets build models with in_channels=1)",
     )
     data_dir: str | None = option(None, help=DATA_DIR_HELP)
-    batch_size: int = option(128, minimum=2, help="measurement batch size")
+    batch_size: int | None = option(
+        None,
+        minimum=2,
+        help="measurement batch size (default: 128; fewer for inputs larger than 3x32x32, "
+        "16 at 3x224x224; written to meta.json)",
+    )
+    record_memory: int = option(
+        1024,
+        minimum=16,
+        metavar="MIB",
+        help="MiB of activations the record phase may keep for its backward: a batch that "
+        "needs more is fed in equal micro-batches (written to meta.json)",
+    )
     samples: int = option(
         2, minimum=1, help="samples of the measurement batch for the Jacobian spectra"
     )

@@ -55,7 +55,11 @@ def response_std_figure(records: pd.DataFrame) -> plt.Figure:
     data = records[records["quantity"] == "response_std"].copy()
     keys = ["model", "step"] if "step" in data else ["model"]
     data["order"] = data.groupby(keys)["depth"].rank(method="first").astype(int)
-    data["rank"] = data.groupby(keys)["value"].rank(method="first", ascending=False).astype(int)
+    data["rank"] = (
+        data.groupby(keys)["value"]
+        .rank(method="first", ascending=False, na_option="bottom")
+        .astype(int)
+    )
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     style = _steps_style(data)
     sns.lineplot(data=data, x="order", y="value", hue="model", style=style, ax=axes[0])

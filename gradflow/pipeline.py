@@ -14,6 +14,8 @@ from torch import nn
 
 from .analyze import AnalysisResult, analyze, parse_device, torch_threads
 from .configs import AnalysisConfig, TrainConfig
+from .finite import mark_summary
+from .memory import DEFAULT_BATCH
 from .state import preserved_rng
 from .summaries import spectra_summary_by_step, summary_table
 
@@ -58,7 +60,7 @@ def train_for_analysis(name: str, config: AnalysisConfig) -> nn.Module:
             data=config.data,
             data_dir=config.data_dir,
             iterations=config.steps,
-            batch_size=config.batch_size,
+            batch_size=config.batch_size or DEFAULT_BATCH,  # the paper's CIFAR batch
             eval_every=config.steps,
             record_every=0,
             checkpoint_every=0,
@@ -90,8 +92,10 @@ def merge(
         "config": asdict(config),
         "wall_time_s": round(wall, 2),
         "phase_seconds": timings,
+        "record": [*parts[0].meta["record"], *parts[1].meta["record"]],
+        "nonfinite": [*parts[0].meta["nonfinite"], *parts[1].meta["nonfinite"]],
     }
-    summary = summary_table(records, spectra_summary)
+    summary = mark_summary(summary_table(records, spectra_summary), records, meta["nonfinite"])
     hessian = stacked("hessian") if parts[0].hessian is not None else None
     return AnalysisResult(
         records, spectra, spectra_summary, summary, meta, whatif=parts[0].whatif, hessian=hessian

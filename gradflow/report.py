@@ -243,6 +243,7 @@ def _hessian_sections(result) -> list[Section]:
 
 def _summary_section(result) -> Section:
     """What data and measurement batch the run used, the verdicts and the summary table."""
+    from .memory import record_lines
     from .model_inputs import input_lines
 
     config, data = result.meta.get("config", {}), result.meta.get("data", {})
@@ -253,7 +254,8 @@ def _summary_section(result) -> Section:
             "real data set; use --data fashion-mnist or cifar10 for real data."
         )
     batch = (
-        f"One batch of {config.get('batch_size')} images (seed {config.get('seed')}) for the "
+        f"One batch of {config.get('batch_size') or 'the size below'} inputs (seed "
+        f"{config.get('seed')}) for the "
         f"records; spectra on the first {config.get('samples')} of them, the {config.get('k')} "
         f"largest and {config.get('k')} smallest singular values per operator, depths "
         f"{config.get('depths')!s}."
@@ -265,7 +267,14 @@ def _summary_section(result) -> Section:
     )
     return Section(
         "Summary",
-        paragraphs=[data_line, batch, *input_lines(result.meta), *result.verdicts(), columns],
+        paragraphs=[
+            data_line,
+            batch,
+            *input_lines(result.meta),
+            *record_lines(result.meta),
+            *result.verdicts(),
+            columns,
+        ],
         table=result.summary_display(),
     )
 
@@ -372,6 +381,8 @@ def _forward_section(records: pd.DataFrame, meta: dict | None = None) -> Section
 
 def _spectra_section(spectra: pd.DataFrame, spectra_summary: pd.DataFrame) -> Section:
     """The cumulative and per-block Jacobian spectra, and the solvers that computed them."""
+    if spectra.empty:  # every model was non-finite (gradflow.finite): nothing was measured
+        return Section("Jacobian spectra", paragraphs=["Not computed: see the verdicts."])
     spectra_method = ", ".join(sorted(map(str, spectra.get("method", pd.Series()).unique())))
     return Section(
         "Jacobian spectra",

@@ -128,6 +128,9 @@ def spectra_summary_by_step(spectra: pd.DataFrame) -> pd.DataFrame:
     """``summarize_spectra`` of each step's rows, with the step column kept."""
     from .spectra import summarize_spectra
 
+    if spectra.empty:  # no model had spectra (e.g. all non-finite): nothing to summarise
+        return pd.DataFrame()
+
     return pd.concat(
         [summarize_spectra(part).assign(step=step) for step, part in spectra.groupby("step")],
         ignore_index=True,

@@ -225,12 +225,23 @@ def model_verdict(
     prod = spectra_summary[spectra_summary["operator"] == "prod"]
     out = dict.fromkeys(VERDICT_COLUMNS)
     out.update(model=row["model"], step=step, grad_log10_ratio=ratio)
+    if row.get("nonfinite"):  # located by gradflow.finite before the long phases
+        out.update(diagnosis="non-finite", verdict=nonfinite_verdict(head, row["nonfinite"]))
+        return out
     out.update(_gradient_text(boundary_norms(records), ratio, blocks, when))
     operators = blocks["operator"].unique()
     operator = operators[0] if len(operators) == 1 else None
     second = _capital(_prod_text(row, prod, operator))
     out["verdict"] = f"{head}: {out.pop('text')}. {second}."
     return out
+
+
+def nonfinite_verdict(head: str, site: str) -> str:
+    """The verdict of a model with NaN/Inf: where it first appeared (``gradflow.finite``)."""
+    return (
+        f"{head}: NOT FINITE: {site}; the numbers that depend on it are NaN in the summary "
+        "and the spectra were not computed."
+    )
 
 
 def _capital(text: str) -> str:
@@ -276,7 +287,7 @@ def summary_display(summary: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFra
             shown["prod_log10_condition"], shown.pop("prod_bottom_converged"), strict=True
         )
     ]
-    shown = shown.drop(columns=["prod_smallest"])
+    shown = shown.drop(columns=["prod_smallest", "nonfinite"], errors="ignore")
     if shown["step"].nunique() == 1:
         shown = shown.drop(columns="step")
     return shown

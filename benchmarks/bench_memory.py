@@ -1,0 +1,71 @@
+"""Peak RSS and wall time of `gradflow analyze --model NAME` (default settings), per phase.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_memory.py [--model resnet20 ...]
+
+Each model runs in its own subprocess (a fresh interpreter, as a user types the command). The
+whole process's peak RSS comes from that child's own rusage (``os.wait4``); the per-phase
+figures from its meta.json (``phase_seconds``: seconds and the peak RSS while the phase ran,
+``gradflow.memory.peak_rss_mib`` reset at the phase start), and the record plan (batch,
+micro-batches, saved MiB per sample) from ``meta["record"]``. Goal (issue 14): <= 2048 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_MODELS = ("resnet20", "resnet110", "resnet1202")
+
+
+def run_one(model: str, extra: list[str]) -> dict:
+    """One `gradflow analyze` in a child process: its wall time, peak RSS and meta.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [sys.executable, "-m", "gradflow", "analyze", "--quiet", "--model", model]
+        args += ["--out", f"{tmp}/report", *extra]
+        started = time.perf_counter()
+        with open(f"{tmp}/out.txt", "w") as out, open(f"{tmp}/err.txt", "w") as err:
+            child = subprocess.Popen(args, stdout=out, stderr=err)
+            _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
+        wall = time.perf_counter() - started
+        stdout, stderr = (Path(f"{tmp}/{name}.txt").read_text() for name in ("out", "err"))
+        if os.waitstatus_to_exitcode(status):
+            sys.exit(f"gradflow analyze --model {model} failed:\n{stderr}")
+        with open(f"{tmp}/report/meta.json") as file:
+            meta = json.load(file)
+    peak = usage.ru_maxrss / 1024  # KiB on Linux
+    return {"model": model, "wall": wall, "peak": peak, "meta": meta, "stdout": stdout}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", default=None)
+    args, extra = parser.parse_known_args()
+    print(f"gradflow analyze --model NAME {' '.join(extra)}  (goal: peak RSS <= 2048 MiB)")
+    print(f"{'model':<12}{'phase':<9}{'seconds':>9}{'peak MiB':>10}  record plan")
+    for model in args.model or DEFAULT_MODELS:
+        run = run_one(model, extra)
+        plans = {p["model"]: p for p in run["meta"].get("record", [])}
+        plan = plans.get(model, {})
+        text = (
+            f"batch {plan.get('batch_size')} in {plan.get('micro_batches')} x "
+            f"<= {plan.get('micro_batch')} ({plan.get('saved_mib_per_sample')} MiB/sample)"
+        )
+        for phase in run["meta"]["phase_seconds"]:
+            print(
+                f"{model:<12}{phase['phase']:<9}{phase['seconds']:>9.1f}"
+                f"{phase.get('peak_rss_mib', float('nan')):>10.0f}  {text}"
+            )
+        print(f"{model:<12}{'total':<9}{run['wall']:>9.1f}{run['peak']:>10.0f}  whole process")
+        sys.stdout.flush()
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"machine load average (1/5/15 min) after the runs: {load}")
+
+
+if __name__ == "__main__":
+    main()

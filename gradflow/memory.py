@@ -1,0 +1,143 @@
+"""How much memory a pass keeps, and the batch sizes that fit: the record phase's micro-batches.
+
+A backward pass needs the tensors autograd saved in the forward pass (conv inputs, BN inputs,
+ReLU outputs, ...): for a deep net they are the whole peak (resnet1202 at batch 128: 13.7 GB).
+``saved_bytes_per_sample`` measures them in one forward pass of a tiny slice under
+``torch.autograd.graph.saved_tensors_hooks`` (each tensor counted once, parameters left out:
+they do not grow with the batch); ``choose_micro_batch`` then takes the largest slice whose
+saved tensors fit ``budget_mib`` (conservative: resnet110 at batch 128 saves 1.03 GB by this
+count while its record phase raises the peak RSS by 0.7 GB: in-place ReLU outputs, freed
+as the backward runs). The budget is a fixed number (not the free memory of the moment), so the
+same command feeds the same slices, and so writes the same numbers, on any machine.
+
+``default_batch_size``: the measurement batch when none is given: 128 (the paper's CIFAR
+batch), fewer for larger inputs so that the record phase's compute stays within a few CIFAR
+batches (16 at 3x224x224, the issue-13 target of one minute for resnet50).
+
+``peak_rss_mib``/``reset_peak_rss``: the process's peak resident set size (Linux
+/proc/self/status VmHWM; ``getrusage`` elsewhere, which cannot be reset), per phase.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import resource
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .inputs import Inputs, batch_size, call_model, select_samples
+
+DEFAULT_BUDGET_MIB = 1024  # saved tensors of one record slice (the 2 GB goal, with margin)
+PROBE_SAMPLES = 2
+DEFAULT_BATCH = 128
+BATCH_INPUT_VALUES = 8 * DEFAULT_BATCH * 3 * 32 * 32  # 8 CIFAR batches of input values
+MIN_DEFAULT_BATCH = 8
+MIB = 2**20
+
+
+def saved_bytes_per_sample(
+    model: nn.Module, inputs: Inputs, targets: Any = None, loss_fn: Any = None
+) -> float:
+    """Bytes autograd saves per sample in one forward (+ loss) of ``model`` on a tiny slice.
+
+    Runs as the record pass does (input requiring grad; buffers and RNG restored after, no
+    backward, so nothing of the model changes); each saved tensor is counted once,
+    parameters and buffers not at all.
+    """
+    from .inputs import first_float_tensor, replace_first_float
+    from .losses import resolve_loss
+    from .record import slice_targets
+    from .state import preserved_buffers, preserved_rng
+
+    total = batch_size(inputs)
+    part = slice(0, min(PROBE_SAMPLES, total))
+    count = part.stop
+    fixed = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in fixed:  # a view of the batch counts its size
+            seen[t.data_ptr(), t.numel()] = t.numel() * t.element_size()
+        return t
+
+    tiny = select_samples(inputs, part)
+    first = first_float_tensor(tiny)
+    if first is not None:  # as record() does: the input's gradient is measured too
+        tiny = replace_first_float(tiny, first.detach().requires_grad_(True))
+    saving = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with preserved_rng(), preserved_buffers(model), torch.enable_grad(), saving:
+        output = call_model(model, tiny)
+        if targets is not None or loss_fn is not None:
+            resolve_loss(loss_fn)(output, slice_targets(targets, part, total))
+    return sum(seen.values()) / count
+
+
+def choose_micro_batch(
+    per_sample_bytes: float, batch: int, budget_mib: float = DEFAULT_BUDGET_MIB
+) -> int:
+    """The largest slice of ``batch`` (the whole batch, else an even split) whose saved
+    tensors fit ``budget_mib``; at least one sample."""
+    need = per_sample_bytes
+    fits = max(1, int(budget_mib * MIB // need)) if need > 0 else batch
+    if fits >= batch:
+        return batch
+    slices = math.ceil(batch / fits)
+    return math.ceil(batch / slices)  # equal slices: 128 in 3 -> 43, 43, 42
+
+
+def default_batch_size(input_shape: tuple[int, ...] | None) -> int:
+    """128 for inputs up to CIFAR's 3x32x32; for larger ones the largest power of two
+    holding at most eight CIFAR batches of input values (128 at 3x64x64, 64 at 3x128x128,
+    16 at 3x224x224: resnet50 saves 78 MiB per sample, 1.2 GB at 16), never below 8."""
+    if not input_shape:
+        return DEFAULT_BATCH
+    values = math.prod(input_shape)
+    if values <= 3 * 32 * 32:
+        return DEFAULT_BATCH
+    fits = 2 ** int(math.log2(max(1, BATCH_INPUT_VALUES // values)))
+    return max(MIN_DEFAULT_BATCH, min(DEFAULT_BATCH, fits))
+
+
+_STATUS = Path("/proc/self/status")
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size since the last ``reset_peak_rss`` (MiB)."""
+    try:
+        found = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
+    except OSError:
+        found = None
+    if found:
+        return int(found.group(1)) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak at the current RSS (Linux >= 4.0); False where that is impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def record_lines(meta: dict) -> list[str]:
+    """One sentence per analysed (model, step) on its record batch (meta.json's ``record``)."""
+    lines = []
+    for plan in meta.get("record") or []:
+        step = f" at step {plan['step']}" if plan.get("step") else ""
+        fed = (
+            "in one pass"
+            if plan["micro_batches"] == 1
+            else f"in {plan['micro_batches']} micro-batches of at most {plan['micro_batch']}"
+        )
+        lines.append(
+            f"{plan['model']}{step}: record batch of {plan['batch_size']} fed {fed} "
+            f"({plan['saved_mib_per_sample']:.3g} MiB of saved activations per sample, "
+            f"budget {plan['record_memory_mib']} MiB)."
+        )
+    return lines

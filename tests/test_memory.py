@@ -1,0 +1,142 @@
+"""Bounded memory: micro-batched records equal the full batch, the micro-batch comes from the
+saved bytes per sample and the budget, the default batch from the input size; meta.json says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import gradflow as gf
+from gradflow.errors import UserInputError
+from gradflow.memory import (
+    choose_micro_batch,
+    default_batch_size,
+    peak_rss_mib,
+    record_lines,
+    reset_peak_rss,
+    saved_bytes_per_sample,
+)
+from gradflow.record import micro_batches, record
+from gradflow.testing import assert_unchanged
+
+MIB = 2**20
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+    ).eval()  # fmt: skip  (eval: BN with running statistics, samples independent)
+
+
+def batch(n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def assert_same_records(full: pd.DataFrame, micro: pd.DataFrame, rtol: float = 2e-5) -> None:
+    keys = ["layer", "depth", "quantity"]
+    assert full[keys].equals(micro[keys])
+    np.testing.assert_allclose(micro["value"], full["value"], rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("micro", [1, 3, 4])  # uneven slices: 10 = 3 + 3 + 3 + 1, 4 + 4 + 2
+def test_micro_batches_equal_the_full_batch(micro, reduction):
+    model, (x, y) = small_cnn(), batch()
+    loss = "cross_entropy" if reduction == "mean" else (
+        lambda out, t: nn.functional.cross_entropy(out, t, reduction="sum")
+    )  # fmt: skip
+    with assert_unchanged(model):
+        full = record(model, x, y, loss, loss_reduction=reduction)
+        sliced = record(model, x, y, loss, loss_reduction=reduction, micro_batch=micro)
+    assert_same_records(full, sliced)
+    # not trivially equal: the gradient norms depend on the batch (a wrong scale would show)
+    half = record(model, x[:5], y[:5], loss, loss_reduction=reduction)
+    grads = full["quantity"] == "activation_grad_norm"
+    assert not np.allclose(half.loc[grads, "value"], full.loc[grads, "value"], rtol=1e-3)
+
+
+def test_micro_batches_equal_the_full_batch_for_a_zoo_net_in_eval_mode():
+    model = gf.create_model("resnet20").eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, 32, 32, generator=g), torch.randint(0, 10, (6,), generator=g)
+    assert_same_records(record(model, x, y), record(model, x, y, micro_batch=4))
+
+
+def test_micro_batches_cover_the_batch_once():
+    assert micro_batches(10, None) == [slice(0, 10)]
+    assert micro_batches(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert micro_batches(3, 8) == [slice(0, 3)]
+    with pytest.raises(UserInputError, match="micro_batch"):
+        micro_batches(10, 0)
+
+
+def test_saved_bytes_per_sample_counts_what_autograd_keeps():
+    torch.manual_seed(0)
+    # Linear (weight requires grad) saves its input: 100 floats per sample; Tanh its output:
+    # 200 floats. The weight itself does not grow with the batch and is not counted.
+    model = nn.Sequential(nn.Linear(100, 200, bias=False), nn.Tanh())
+    x = torch.randn(8, 100)
+    with assert_unchanged(model):
+        assert saved_bytes_per_sample(model, x) == (100 + 200) * 4
+    # each Tanh output is also the next Linear's input: one tensor, counted once
+    deeper = nn.Sequential(*[nn.Sequential(nn.Linear(100, 100), nn.Tanh()) for _ in range(3)])
+    assert saved_bytes_per_sample(deeper, x) == (100 + 3 * 100) * 4
+
+
+def test_choose_micro_batch_against_a_fake_budget():
+    per_sample = 1 * MIB
+    assert choose_micro_batch(per_sample, 128, budget_mib=1024) == 128  # fits whole
+    assert choose_micro_batch(per_sample, 128, budget_mib=128) == 128  # exactly
+    assert choose_micro_batch(per_sample, 128, budget_mib=100) == 64  # 2 equal slices
+    assert choose_micro_batch(per_sample, 128, budget_mib=50) == 43  # 43 + 43 + 42
+    assert choose_micro_batch(per_sample, 128, budget_mib=0.5) == 1  # never below one
+    assert choose_micro_batch(0.0, 128, budget_mib=1) == 128
+
+
+def test_default_batch_size_by_input_size():
+    assert default_batch_size(None) == 128
+    assert default_batch_size((3, 32, 32)) == 128
+    assert default_batch_size((1, 28, 28)) == 128
+    assert default_batch_size((3, 64, 64)) == 128
+    assert default_batch_size((3, 128, 128)) == 64
+    assert default_batch_size((3, 224, 224)) == 16
+    assert default_batch_size((3, 1024, 1024)) == 8
+
+
+def test_analyze_micro_batches_within_the_budget_and_says_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4096), nn.ReLU(), nn.Linear(4096, 10))
+    options = dict(input_shape="3,8,8", batch_size=1024, samples=1, k=2, progress=False)
+    # saved per sample: the input (192 floats) and the ReLU output (4096 floats) and a few
+    # for the loss, ~17 KB: 1024 samples need ~16.8 MiB, so a 16 MiB budget takes 2 x 512
+    sliced = gf.analyze([("mlp", model)], record_memory=16, **options)
+    plan = sliced.meta["record"][0]
+    assert 16.3 < plan["saved_mib_per_sample"] * 1024 < 17.5
+    assert (plan["batch_size"], plan["micro_batches"], plan["micro_batch"]) == (1024, 2, 512)
+    assert "fed in 2 micro-batches of at most 512" in record_lines(sliced.meta)[0]
+    full = gf.analyze([("mlp", model)], record_memory=64, **options)
+    assert full.meta["record"][0]["micro_batches"] == 1
+    # float32 sums over 1024 x 4096 values, accumulated in another order: rounding ~5e-5
+    assert_same_records(full.records, sliced.records, rtol=2e-4)
+    phases = {t["phase"] for t in sliced.meta["phase_seconds"] if t["peak_rss_mib"] > 0}
+    assert phases == {"record", "spectra"}
+
+
+def test_peak_rss_restarts_and_sees_an_allocation():
+    if not reset_peak_rss():
+        pytest.skip("the peak RSS cannot be reset on this system")
+    before = peak_rss_mib()
+    block = bytearray(64 * MIB)  # zero-filled: every page touched
+    assert peak_rss_mib() >= before + 48
+    del block
