@@ -111,7 +111,7 @@ def test_dense_cost_is_estimated_and_a_k_covering_a_large_map_is_refused():
     with pytest.raises(UserInputError, match=r"method='dense'.*pass method='lanczos'"):
         singular_values(lambda v: 2 * v, x, k=8, method="dense")
     with pytest.raises(UserInputError, match="k=5000"):
-        cumulative_singular_values([lambda v: 2 * v], torch.zeros(3072), k=5000)
+        cumulative_singular_values([lambda v: 2 * v], torch.zeros(16384), k=5000)
     small = singular_values(lambda v: 2 * v, torch.zeros(20), k=100000, which="both")
     np.testing.assert_allclose(small.values, 2.0)  # a small map: every value, densely
 
