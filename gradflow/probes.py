@@ -82,6 +82,23 @@ def chan_merge(
     return count, mean, m2
 
 
+def gather_moments(counts: Tensor, means: Tensor, m2s: Tensor, group=None) -> tuple[Tensor, ...]:
+    """(n, mean, M2) per entry merged over torch.distributed ranks by one all_gather (float64).
+
+    n = sum_r n_r, mean = sum_r n_r mean_r / n, M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2.
+    """
+    import torch.distributed as dist
+
+    f64 = torch.float64  # counts beyond 2^24 are not exact in float32
+    local = torch.stack([counts.to(f64), means.to(f64), m2s.to(f64)])
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, local, group=group)
+    n, mean_r, m2_r = torch.stack(gathered).unbind(1)  # each (world, entries)
+    total = n.sum(0)
+    mean = (n * mean_r).sum(0) / total
+    return total, mean, m2_r.sum(0) + (n * (mean_r - mean) ** 2).sum(0)
+
+
 def moments_of(values: Tensor) -> tuple[Tensor, Tensor]:
     """(mean, M2 = sum (v - mean)^2) of a flat tensor, on its device, without a sync on GPUs.
 
@@ -359,20 +376,13 @@ def all_reduce_stats(
         return
     with_moments = [s for s in responses if s.mean is not None]
     if with_moments:
-        f64 = torch.float64  # counts beyond 2^24 are not exact in float32
-        local = torch.stack(
-            [
-                torch.stack([s.mean.new_tensor(float(s.count), dtype=f64) for s in with_moments]),
-                torch.stack([s.mean for s in with_moments]).to(f64),
-                torch.stack([s.m2 for s in with_moments]).to(f64),
-            ]
+        device = with_moments[0].mean.device
+        total, mean, m2 = gather_moments(
+            torch.tensor([float(s.count) for s in with_moments], device=device),
+            torch.stack([s.mean for s in with_moments]),
+            torch.stack([s.m2 for s in with_moments]),
+            group,
         )
-        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(gathered, local, group=group)
-        counts, means, m2s = torch.stack(gathered).unbind(1)  # each (world, layers)
-        total = counts.sum(0)
-        mean = (counts * means).sum(0) / total
-        m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
         for i, stats in enumerate(with_moments):
             stats.mean, stats.m2 = mean[i].to(stats.mean.dtype), m2[i].to(stats.m2.dtype)
     with_extrema = [s for s in responses if s.low is not None]

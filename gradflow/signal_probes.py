@@ -40,6 +40,7 @@ from .probes import (
     SHORTCUT_GRAD_NORM,
     SHORTCUT_GRAD_SHARE,
     chan_merge,
+    gather_moments,
 )
 
 SIGNAL_QUANTITIES = (
@@ -158,19 +159,12 @@ def all_reduce_signal(channels: list[ChannelStats], splits: list[SplitStats], gr
         sizes = [s.mean.numel() for s in channels]
         counts = torch.cat([s.mean.new_full((n,), float(s.count), dtype=f64)
                             for s, n in zip(channels, sizes, strict=True)])  # fmt: skip
-        local = torch.stack(
-            [
-                counts,
-                torch.cat([s.mean.to(f64) for s in channels]),
-                torch.cat([s.m2.to(f64) for s in channels]),
-            ]
+        total, mean, m2 = gather_moments(
+            counts,
+            torch.cat([s.mean for s in channels]),
+            torch.cat([s.m2 for s in channels]),
+            group,
         )
-        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(gathered, local, group=group)
-        n, means, m2s = torch.stack(gathered).unbind(1)  # each (world, channels)
-        total = n.sum(0)
-        mean = (n * means).sum(0) / total
-        m2 = m2s.sum(0) + (n * (means - mean) ** 2).sum(0)
         for stats, part_mean, part_m2, part_n in zip(
             channels, mean.split(sizes), m2.split(sizes), total.split(sizes), strict=True
         ):
