@@ -41,11 +41,8 @@ def milestones(text: str) -> tuple[float, ...]:
     return values
 
 
-def hessian_bn_modes() -> tuple[str, ...]:
-    """The BN modes ``gf.hessian_spectra`` measures in (the choices of --hessian-bn)."""
-    from .spectra.hessian import BN_MODES
-
-    return BN_MODES
+# The BN modes gf.hessian_spectra measures in (--hessian-bn), here so --help needs no torch.
+HESSIAN_BN_MODES = ("train", "eval")
 
 
 MODEL_HELP = (
@@ -157,7 +154,7 @@ class AnalysisConfig:
     )
     hessian_bn: str = option(
         "train",
-        choices=hessian_bn_modes,
+        choices=HESSIAN_BN_MODES,
         help="BN in the measured Hessian: train (batch statistics, the training objective) "
         "or eval (running statistics)",
     )

@@ -34,13 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..configs import HESSIAN_BN_MODES
 from ..errors import UserInputError, check_choice
 from ..state import preserved_rng
 from .density import lanczos_tridiagonal, quadrature_nodes
 from .operators import probe_generator
 from .symmetric import SymmetricOperator, eigenvalues, trace
 
-BN_MODES = ("train", "eval")
+BN_MODES = HESSIAN_BN_MODES  # train: batch statistics; eval: running statistics
 QUANTITIES = ("eigenvalue", "trace", "density")
 NETWORK = "all"  # the block name of the whole parameter vector
 COLUMNS = [
