@@ -136,7 +136,7 @@ def record_lines(meta: dict) -> list[str]:
             else f"in {plan['micro_batches']} micro-batches of at most {plan['micro_batch']}"
         )
         lines.append(
-            f"{plan['model']}{step}: record batch of {plan['batch_size']} fed {fed} "
+            f"Record batch of {plan['model']}{step}: {plan['batch_size']} samples fed {fed} "
             f"({plan['saved_mib_per_sample']:.3g} MiB of saved activations per sample, "
             f"budget {plan['record_memory_mib']} MiB)."
         )

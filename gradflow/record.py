@@ -85,7 +85,7 @@ from .sites import (
 )
 from .state import preserved_buffers, preserved_rng
 from .structure import NoBlocksError, Structure, structure
-from .taps import ResidualTap, route_for
+from .taps import ResidualTap, route_for, untapped
 from .trace import first_float
 
 LOSS_REDUCTIONS = ("mean", "sum")
@@ -265,6 +265,7 @@ class Recorder:
             lambda: self._active,
         )
 
+    @untapped
     def _merge(self, store: dict, key: str, stats) -> None:
         if key in store:
             store[key].merge(stats)
@@ -338,6 +339,7 @@ class Recorder:
             self._order[(site, key)] = len(self._order)
         return key
 
+    @untapped
     def _on_response(self, name: str, module: nn.Module, args, output) -> None:
         if not isinstance(output, Tensor) or not output.is_floating_point() or not output.numel():
             return
@@ -355,6 +357,7 @@ class Recorder:
             self._order[site_key] = len(self._order)
         tensor.register_hook(partial(self._on_gradient, key))
 
+    @untapped
     def _on_boundary_input(self, module: nn.Module, args) -> None:
         if not self._stem_pending:
             return
@@ -364,6 +367,7 @@ class Recorder:
             if args[0].requires_grad and "boundary" in self._sites:
                 self._watch_gradient(STEM, args[0])
 
+    @untapped
     def _on_boundary(self, name: str, module: nn.Module, args, output) -> None:
         if not isinstance(output, Tensor):  # (output, state) of an RNN, an HF ModelOutput
             output = first_float(output)

@@ -18,6 +18,7 @@ for the VJP through a projection shortcut.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,22 @@ from .residual import ADD_FUNCS
 from .trace import first_float
 
 INPLACE_ADDS = {Tensor.add_, Tensor.__iadd__}
+_own_math = [0]  # > 0 while gradflow's own hooks compute: their additions are not the block's
+
+
+def untapped(hook: Callable) -> Callable:
+    """A hook whose tensor math (e.g. merging statistics: mean_a + delta ...) runs inside a
+    block call but must not count as one of the block's additions."""
+
+    @functools.wraps(hook)
+    def run(*args, **kwargs):
+        _own_math[0] += 1
+        try:
+            return hook(*args, **kwargs)
+        finally:
+            _own_math[0] -= 1
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,8 @@ class ResidualAdd(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if _own_math[0]:
+            return func(*args, **kwargs)
         if func in ADD_FUNCS and len(args) >= 2 and all(isinstance(a, Tensor) for a in args[:2]):
             index, self.calls = self.calls, self.calls + 1
             if self.route.at is None or index == self.route.at:

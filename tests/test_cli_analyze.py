@@ -79,7 +79,9 @@ def test_frames_have_the_schema_and_finite_values(report):
     assert np.isfinite(spectra["sigma"]).all() and (spectra["sigma"] >= 0).all()
     summary = pd.read_csv(out / "data" / "summary.csv")
     assert list(summary["model"]) == ["plain20", "resnet20"]
-    numbers = summary.drop(columns=["model", "prod_log10_condition"]).to_numpy(dtype=float)
+    assert summary["nonfinite"].isna().all()  # no site: every number is finite
+    numbers = summary.drop(columns=["model", "prod_log10_condition", "nonfinite"])
+    numbers = numbers.to_numpy(dtype=float)
     assert np.isfinite(numbers).all()
     assert not summary["prod_log10_condition"].isna().any()  # +inf when rank-deficient
     assert (summary["prod_depth"] == 9).all()

@@ -79,7 +79,7 @@ def cli_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 
 def verdict_line(stdout: str, label: str) -> str:
     lines = [line for line in stdout.splitlines() if line.startswith(f"{label}: ")]
-    (line,) = [line for line in lines if ": record batch of" not in line]  # the verdict
+    (line,) = [line for line in lines if not line.startswith("Record batch of")]  # the verdict
     return line
 
 
