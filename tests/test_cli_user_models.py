@@ -56,7 +56,7 @@ def test_deep_plain_mlp_with_input_shape(tmp_path):
     result = gradflow("--model", "plain_mlp.py:build", "--input-shape", "32", "--out", str(out))
     assert result.returncode == 0, result.stderr
     records, spectra, meta = outputs(out)
-    assert "plain_mlp.py:build: gradient shrinks" in result.stdout  # deep tanh: vanishing
+    assert "plain_mlp.py:build: vanishing gradient: it shrinks 10^2.7x" in result.stdout  # tanh
     assert "standard-normal tensor float32[4, 32]" in result.stdout
     assert meta["inputs"]["plain_mlp.py:build"]["input_size"] == "32"
     assert meta["inputs"]["plain_mlp.py:build"]["kind"] == "tensor"
