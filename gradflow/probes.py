@@ -44,6 +44,14 @@ BRANCH_VARIANCE = "branch_variance"
 SHORTCUT_GRAD_NORM = "shortcut_grad_norm"
 BRANCH_GRAD_NORM = "branch_grad_norm"
 SHORTCUT_GRAD_SHARE = "shortcut_grad_share"
+SIGNAL_QUANTITIES = (  # gradflow.signal_probes: block boundaries and residual blocks
+    CHANNEL_MEAN_SQ,
+    CHANNEL_VARIANCE,
+    BRANCH_VARIANCE,
+    SHORTCUT_GRAD_NORM,
+    BRANCH_GRAD_NORM,
+    SHORTCUT_GRAD_SHARE,
+)
 QUANTITIES = (
     RESPONSE_STD,
     RESPONSE_MEAN,
@@ -53,12 +61,7 @@ QUANTITIES = (
     PARAM_GRAD_NORM,
     WEIGHT_NORM,
     UPDATE_RATIO,
-    CHANNEL_MEAN_SQ,
-    CHANNEL_VARIANCE,
-    BRANCH_VARIANCE,
-    SHORTCUT_GRAD_NORM,
-    BRANCH_GRAD_NORM,
-    SHORTCUT_GRAD_SHARE,
+    *SIGNAL_QUANTITIES,
 )
 
 

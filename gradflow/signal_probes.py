@@ -32,25 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .probes import (
-    BRANCH_GRAD_NORM,
-    BRANCH_VARIANCE,
-    CHANNEL_MEAN_SQ,
-    CHANNEL_VARIANCE,
-    SHORTCUT_GRAD_NORM,
-    SHORTCUT_GRAD_SHARE,
-    chan_merge,
-    gather_moments,
-)
-
-SIGNAL_QUANTITIES = (
-    CHANNEL_MEAN_SQ,
-    CHANNEL_VARIANCE,
-    BRANCH_VARIANCE,
-    SHORTCUT_GRAD_NORM,
-    BRANCH_GRAD_NORM,
-    SHORTCUT_GRAD_SHARE,
-)
+from .probes import chan_merge, gather_moments
 
 
 def channel_axis(z: Tensor, override: int | None = None) -> int | None:

@@ -16,9 +16,8 @@ from torch import Tensor, nn
 
 from ..errors import UserInputError
 from ..inputs import Inputs
-from ..probes import BranchVariance, ChannelVariance, ShortcutShare
+from ..probes import SIGNAL_QUANTITIES, BranchVariance, ChannelVariance, ShortcutShare
 from ..record import record
-from ..signal_probes import SIGNAL_QUANTITIES
 
 __all__ = ["SIGNAL_QUANTITIES", "signal_probes", "signal_propagation"]
 
