@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .probes import chan_merge, gather_moments
+from .moments import chan_merge, gather_moments
 
 
 def channel_axis(z: Tensor, override: int | None = None) -> int | None:
