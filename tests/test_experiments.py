@@ -365,7 +365,7 @@ def test_every_scale_preset_names_real_models_inits_and_valid_settings(scale, on
 
     preset = common.SCALES[scale]
     assert set(preset.models) == {
-        "fig1", "fig6", "fig4", "fig7", "zero_gamma", "jacobian", "seed_spread"
+        "fig1", "fig6", "fig4", "fig7", "zero_gamma", "jacobian", "hessian", "seed_spread"
     }  # fmt: skip
     args = common.parse_args("fig6_cifar_depth.py", "", ["--scale", scale, "--quiet"])
     for key in preset.models:
@@ -382,6 +382,8 @@ def test_every_scale_preset_names_real_models_inits_and_valid_settings(scale, on
     # runs shared between scripts must be the same config: fig7 reuses fig6, zero_gamma fig7
     assert set(preset.models["fig7"]) - {"resnet110"} <= set(preset.models["fig6"])
     assert "resnet56:he" in preset.models["zero_gamma"] or scale == "smoke"
+    # the Hessian report measures jacobian's runs (the same cached training runs)
+    assert preset.models["hessian"] == preset.models["jacobian"] or scale == "smoke"
     if scale == "full":
         assert "resnet110" in preset.models["fig6"] and preset.iterations == 64_000
         assert preset.val_size == 5000 and preset.data == "cifar10"
