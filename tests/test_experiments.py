@@ -173,6 +173,9 @@ def smoke(tmp_path_factory) -> Iterator[dict]:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+# the first of these sets the smoke fixture up: 8 scripts, ~160 s on 2 idle cores, and it
+# shares them with the other pytest -n 2 worker (pyproject's 600 s would cut it when loaded)
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_writes_a_report_with_figures_tables_and_the_paper_comparison(smoke, script):
     done = smoke["done"][script]
