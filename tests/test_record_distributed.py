@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from distributed_helpers import run_ranks
 from torch import nn
 
 from gradflow.record import Recorder
@@ -33,30 +32,18 @@ def run_batches(model: nn.Module, rec: Recorder, batches) -> None:
         F.cross_entropy(model(x), y, reduction="sum").backward()
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model = make_model()
-        with Recorder(model, QUANTITIES) as rec:
-            run_batches(model, rec, [make_batches()[rank]])
-            rec.all_reduce()
-            rec.step()
-        rec.frame().to_pickle(os.path.join(out_dir, f"rank{rank}.pkl"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _worker(rank: int, out_dir: str) -> None:
+    model = make_model()
+    with Recorder(model, QUANTITIES) as rec:
+        run_batches(model, rec, [make_batches()[rank]])
+        rec.all_reduce()
+        rec.step()
+    rec.frame().to_pickle(os.path.join(out_dir, f"rank{rank}.pkl"))
 
 
 @pytest.mark.timeout(120)
 def test_two_ranks_merge_to_the_single_process_statistics(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_worker, tmp_path)
     model = make_model()
     with Recorder(model, QUANTITIES) as rec:
         run_batches(model, rec, make_batches())  # both batches in one process, one step

@@ -87,6 +87,7 @@ PAPER_MODELS = {
     "fig7": ("plain20", "plain56", "resnet20", "resnet56", "resnet110"),
     "zero_gamma": tuple(f"{model}:{init}" for model in ("resnet56", "resnet110") for init in INITS),
     "jacobian": ("plain20", "resnet20", "plain56", "resnet56", "resnet110"),
+    "hessian": ("plain20", "resnet20", "plain56", "resnet56", "resnet110"),  # jacobian's runs
     # fig1's pair, fig6's 20- and 56-layer pairs, the ablation's ResNet-56 he / zero-gamma
     "seed_spread": ("plain20", "resnet20", "plain56", "resnet56", "resnet56:zero_gamma"),
 }
@@ -121,6 +122,7 @@ SMALL = Scale(
         # 45 minutes allow ResNet-110 with he and zero_gamma only (see the budget above)
         "zero_gamma": (*(f"resnet56:{i}" for i in INITS), "resnet110:he", "resnet110:zero_gamma"),
         "jacobian": ("plain20", "resnet20", "plain56", "resnet56"),
+        "hessian": ("plain20", "resnet20", "plain56", "resnet56"),
     },
 )  # fmt: skip
 SCALES = {
@@ -131,7 +133,9 @@ SCALES = {
         spectra_matvecs=24, spectra_depths=3,
         # ResNet-110 with 4 inits would take more than 15 s at smoke scale
         models={**SMALL.models,
-                "zero_gamma": tuple(f"{m}:{i}" for m in ("resnet20", "resnet56") for i in INITS)},
+                "zero_gamma": tuple(f"{m}:{i}" for m in ("resnet20", "resnet56") for i in INITS),
+                # the 56-layer Hessians are 80% of the smoke run's time and pin nothing more
+                "hessian": ("plain20", "resnet20")},
     ),
     "small": SMALL,
     "full": replace(

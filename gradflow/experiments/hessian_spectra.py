@@ -175,7 +175,7 @@ def _trained(experiment, model: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    experiment = start(__file__, __doc__, argv, "jacobian")
+    experiment = start(__file__, __doc__, argv, "hessian")
     if experiment is None:  # --plan printed the runs
         return
     budget = BUDGETS[experiment.scale.name]
