@@ -16,6 +16,7 @@ from gradflow.errors import UserInputError
 from gradflow.spectra import (
     JacobianOperator,
     block_spectra,
+    check_spectra_cost,
     cumulative_singular_values,
     singular_values,
 )
@@ -129,6 +130,22 @@ def test_cli_k_100000_exits_2_with_what_to_pass(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "k <=" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1  # one line
+    assert not (tmp_path / "r").exists()  # refused before any phase wrote anything
+
+
+def test_spectra_cost_is_checked_from_one_forward_before_any_product():
+    torch.manual_seed(0)
+    layers = [nn.Sequential(nn.Linear(96, 96), nn.Tanh()) for _ in range(2)]
+    model = nn.Sequential(*layers).eval()
+    blocks = [(f"{i}", layer) for i, layer in enumerate(layers)]
+    x = torch.randn(3, 96)
+    check_spectra_cost(model, x, k=100000, depths=[1, 2], blocks=blocks)  # 96 x 96: dense, cheap
+    big = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, 16, 3, padding=1))
+    wide = torch.randn(2, 16, 32, 32)  # 16384 x 16384 block maps
+    check_spectra_cost(big, wide, k=8, blocks=[("0", big[0]), ("2", big[2])])
+    with pytest.raises(UserInputError, match=r"k=100000 .*pass k <= 512"):
+        check_spectra_cost(big, wide, k=100000, blocks=[("0", big[0]), ("2", big[2])])
 
 
 def test_one_vector_products_take_a_fixed_route_so_reruns_give_the_same_bits():

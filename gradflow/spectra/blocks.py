@@ -53,7 +53,7 @@ from ..structure import Structure, build
 from ..trace import capture
 from .cumulative import cumulative_singular_values
 from .density import frobenius_norm
-from .solvers import DENSE_AUTO_LIMIT, singular_values
+from .solvers import DENSE_AUTO_LIMIT, route, singular_values
 
 BN_MODES = ("calibrate", "eval", "train")
 COLUMNS = [
@@ -280,6 +280,38 @@ def block_spectra(
     frame = frame[COLUMNS]
     frame.attrs.update(prod_from=prod_from, jacobian_route=route)
     return frame
+
+
+def check_spectra_cost(
+    model: nn.Module,
+    x: Inputs,
+    k: int = 8,
+    depths: str | Sequence[int] = "auto",
+    *,
+    which: str = "both",
+    method: str = "auto",
+    prod_from: str = "input",
+    blocks: Sequence[tuple[str, nn.Module] | str] | None = None,
+    stem: Callable | None = None,
+) -> None:
+    """UserInputError, after one forward pass of one sample, when ``block_spectra`` with these
+    options would take a dense route that ``solvers.route`` refuses (e.g. ``k=100000`` on a
+    16384-dim block): callers check this before any long work (``gradflow analyze``)."""
+    point = select_samples(detach(normalize(x)), 0)
+    st = _private_structure(model, point, "eval", blocks, stem)
+    chosen = _resolve_depths(depths, [(b.path, b) for b in st.blocks])
+    modules = [b.module for b in st.blocks]
+    with preserved_rng(), torch.no_grad():
+        trace = capture(st.model, point, modules[: max(chosen)], stop="output")
+    start = first_float_tensor(point)
+    start = start if start is not None and prod_from == "input" else trace.inputs[0]
+    for depth in chosen:
+        call = trace.calls[depth - 1]
+        output = call.output
+        if output is None:
+            continue
+        for columns in (call.input, start):
+            route((output.numel(), columns.numel()), output.dtype, k, which, method)
 
 
 def _is_chain(st: Structure, x: Inputs, stem: Callable | None) -> bool:

@@ -158,9 +158,9 @@ def cumulative_singular_values(
     dtype, columns = chain.x.dtype, chain.numel(0)
     generator = probe_generator(seed)
     block_size = min(block_size or max(k + k // 2 + 2, 16), columns)
-    if block_size == columns:  # the basis is the whole input space: as costly as dense
-        check_dense_route((chain.numel(wanted[-1]), columns), dtype, k, "largest", False)
     max_basis = max(max_basis or 4 * block_size, 2 * block_size)
+    if max_basis >= columns:  # the basis may grow to the whole input space: as costly as dense
+        check_dense_route((chain.numel(wanted[-1]), columns), dtype, k, "largest", False)
     basis = orthonormal_rows(
         torch.randn(block_size, columns, generator=generator, dtype=dtype),
         torch.empty(0, columns, dtype=dtype),

@@ -79,6 +79,23 @@ def check_dense_route(shape, dtype, k: int | None, which: str, asked: bool) -> N
     )
 
 
+def route(
+    shape: tuple[int, int], dtype: torch.dtype, k: int | None, which: str, method: str
+) -> str:
+    """The method ``singular_values`` uses on a map of ``shape``: "dense" for method="dense",
+    k=None, k covering the spectrum or (auto) min(m, n) <= DENSE_AUTO_LIMIT, refused by
+    ``check_dense_route`` when too costly (before any product; callers may ask it first)."""
+    dim = min(shape)
+    asked = method == "dense"
+    if method == "auto":
+        method = "dense" if k is None or dim <= DENSE_AUTO_LIMIT else "lanczos"
+    covers_all = k is not None and (k >= dim or (2 * k >= dim and which == "both"))
+    if method == "dense" or (covers_all and method == "lanczos"):
+        check_dense_route(shape, dtype, k, which, asked)
+        return "dense"
+    return method
+
+
 @dataclass
 class SpectrumResult:
     """Singular values of J (descending) with their rank, error bound and cost.
@@ -372,12 +389,8 @@ def singular_values(
     _check_options(k, which, method, tol)
     operator = JacobianOperator(fn, x, chunk_size=chunk_size)
     dim = min(operator.m, operator.n)
-    asked = method == "dense"
-    if method == "auto":
-        method = "dense" if k is None or dim <= DENSE_AUTO_LIMIT else "lanczos"
-    covers_all = k is not None and (k >= dim or (2 * k >= dim and which == "both"))
-    if method == "dense" or (covers_all and method == "lanczos"):
-        check_dense_route(operator.shape, operator.dtype, k, which, asked)
+    method = route(operator.shape, operator.dtype, k, which, method)
+    if method == "dense":
         return _dense(operator, k, which)
     generator = probe_generator(seed)
     if method == "lanczos" and which in ("largest", "both"):
