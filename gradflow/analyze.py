@@ -367,6 +367,15 @@ def _model_config(config: AnalysisConfig, spec) -> AnalysisConfig:
     return replace(config, batch_size=default_batch_size(shape))
 
 
+def _check_spectra_cost(config: AnalysisConfig, probes: dict) -> None:
+    """A --k that sends a map to a too costly dense route is refused before any phase runs."""
+    from .spectra import check_spectra_cost
+
+    for probe in probes.values():
+        depths = parse_depths(config.depths)
+        check_spectra_cost(probe.model, probe.inputs, k=config.k, depths=depths)
+
+
 def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step: int):
     """Build the models, measure each (record, spectra), summarise; global RNG restored."""
     from .finite import mark_summary
@@ -384,6 +393,7 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
             label: probe_for(label, model, _model_config(config, model), data, device)
             for label, model in pairs
         }
+        _check_spectra_cost(config, probes)
         bar = _progress_bar(config, len(probes) * len(frames))
         with bar:
             for label, probe in probes.items():

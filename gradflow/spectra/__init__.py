@@ -7,7 +7,7 @@ and cumulative ``prod``, as a tidy frame) and ``summarize_spectra``; ``hessian_s
 (curvature of the loss: Hessian eigenvalues, trace, density, per block and whole).
 """
 
-from .blocks import block_spectra, calibrated_copy, summarize_spectra
+from .blocks import block_spectra, calibrated_copy, check_spectra_cost, summarize_spectra
 from .cumulative import StepChain, cumulative_singular_values
 from .density import FrobeniusEstimate, density_summary, frobenius_norm, spectral_density
 from .hessian import hessian_spectra
@@ -21,6 +21,7 @@ __all__ = [
     "StepChain",
     "block_spectra",
     "calibrated_copy",
+    "check_spectra_cost",
     "cumulative_singular_values",
     "density_summary",
     "frobenius_norm",

@@ -14,6 +14,13 @@ the Ritz vectors' images are explicit linear combinations of computed products, 
 r = sqrt(||A v - s u||^2 + ||A^T u - s v||^2) bounds the distance from s to a singular value
 (or 0) by r / sqrt(2): (u, v) / sqrt(2) is a unit vector with that residual for the symmetric
 [[0, A], [A^T, 0]] (Bauer-Fike). No extra products are spent on it.
+
+Bottom values (``bottom`` > 0): the smallest singular values of B are the smallest Ritz values
+of A on span(V), upper bounds on the smallest singular values of A (Cauchy interlacing), with
+the same free certificate. A thick restart would discard them, so the basis then holds the
+whole budget; the run stops when the top is certified (or the bottom too), or the budget is
+spent, and the bottom comes with whatever bound the space gives (honest, rarely converged:
+the small end of a smoothly decaying spectrum needs far more products than the top).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from torch import Tensor
 from .operators import RowOperator
 
 WORK = torch.float64
+BASIS_BYTES = 2**28  # memory for a no-restart basis (bottom values): 256 MiB
 
 
 @dataclass
@@ -38,6 +46,7 @@ class Triplets:
     residuals: Tensor  # sqrt(||A v - s u||^2 + ||A^T u - s v||^2)
     right: Tensor  # (k, cols) right singular vectors (rows)
     converged: bool
+    bottom: Triplets | None = None  # the smallest Ritz triplets (ascending rank), if asked
 
 
 class _Side:
@@ -83,12 +92,19 @@ def largest_triplets(
     generator: torch.Generator,
     start: Tensor | None = None,
     basis_size: int | None = None,
+    bottom: int = 0,
+    stop_at_top: bool = False,
 ) -> Triplets:
     """The k largest singular triplets of ``operator`` (module docstring), each certified to
-    error <= tol * s (or a residual at rounding level), within ``max_products`` products."""
+    error <= tol * s (or a residual at rounding level), within ``max_products`` products;
+    ``bottom`` > 0 also returns that many smallest Ritz triplets (``Triplets.bottom``), run
+    until they are certified too, or only until the top is (``stop_at_top``)."""
     rows, cols = operator.shape
     dtype = operator.dtype
     capacity = min(basis_size or max(4 * k, k + 48), cols, rows)
+    if bottom:  # no restart: the whole budget stays in the basis, within BASIS_BYTES
+        affordable = BASIS_BYTES // (32 * (rows + cols))  # 2 sides x (rows + images), float64
+        capacity = min(max(min(max_products // 2, affordable), k + bottom), cols, rows)
     right = _Side(capacity + 1, cols, rows)  # V and A V
     left = _Side(capacity, rows, cols)  # U and A^T U
     coupling = torch.zeros(capacity + 1, capacity, dtype=WORK)  # [l, i] = <v_l, A^T u_i>
@@ -117,19 +133,41 @@ def largest_triplets(
         right.append(v)
         spent += 2
         size = left.count
-        if size < min(k, capacity):
+        if size < min(k + bottom, capacity):
             continue
         p, sigma, qt = torch.linalg.svd(coupling[:size, :size].T)
-        implicit = (coupling[size, :size] @ p[:, :k]).abs()
         scale = max(scale, float(sigma[0]))
-        ok = (implicit / math.sqrt(2) <= tol * sigma[:k]) | (implicit <= rounding * scale)
+        top, low = slice(0, k), slice(size - bottom, size)
+        ok = _implicitly_certified(coupling[size, :size], p, sigma, top, tol, rounding * scale)
+        if bottom and not stop_at_top:
+            ok = (
+                ok
+                & _implicitly_certified(
+                    coupling[size, :size], p, sigma, low, tol, rounding * scale
+                ).all()
+            )
         exhausted = spent + 2 > max_products or size >= min(rows, cols)
+        exhausted = exhausted or (bottom > 0 and size == capacity)
         if bool(ok.all()) or exhausted:
-            result = _certify(right, left, p[:, :k], sigma[:k], qt[:k], tol, rounding * scale)
-            if result.converged or exhausted:
+            result = _certify(right, left, p[:, top], sigma[top], qt[top], tol, rounding * scale)
+            if bottom:
+                result.bottom = _certify(
+                    right, left, p[:, low], sigma[low], qt[low], tol, rounding * scale
+                )
+                done = result.converged and (stop_at_top or result.bottom.converged)
+            else:
+                done = result.converged
+            if done or exhausted:
                 return result
         if size == capacity:
             _thick_restart(right, left, coupling, p, sigma, qt, keep=max(k, capacity // 2))
+
+
+def _implicitly_certified(edge, p, sigma, wanted: slice, tol: float, floor: float) -> Tensor:
+    """The recurrence's residual bound |b . p_i| / sqrt(2) <= tol * s_i (or at rounding level)
+    for the Ritz values ``wanted`` (no product; the explicit ``_certify`` decides)."""
+    implicit = (edge @ p[:, wanted]).abs()
+    return (implicit / math.sqrt(2) <= tol * sigma[wanted]) | (implicit <= floor)
 
 
 def _thick_restart(right, left, coupling, p, sigma, qt, keep: int) -> None:

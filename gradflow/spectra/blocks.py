@@ -53,7 +53,7 @@ from ..structure import Structure, build
 from ..trace import capture
 from .cumulative import cumulative_singular_values
 from .density import frobenius_norm
-from .solvers import singular_values
+from .solvers import DENSE_AUTO_LIMIT, route, singular_values
 
 BN_MODES = ("calibrate", "eval", "train")
 COLUMNS = [
@@ -179,7 +179,13 @@ def _traced_point(st: Structure, point: Inputs, depth: int, prod_from: str) -> _
         return st.prod_fn(k, point, prod_from)
 
     start = first_float_tensor(point) if prod_from == "input" else trace.inputs[0]
-    return _Point(trace.inputs, operators, prod, start, None)
+    calls = trace.calls
+    fed = all(calls[i].input is calls[i - 1].output for i in range(1, len(calls)))
+    steps = None  # the walk needs block l fed by block l - 1's output (transformers, ResNets)
+    if fed:
+        first = prod(1) if prod_from == "input" else st.block_fn(0, trace)
+        steps = [first, *(st.block_fn(i, trace) for i in range(1, depth))]
+    return _Point(trace.inputs, operators, prod, start, steps)
 
 
 def block_spectra(
@@ -209,11 +215,16 @@ def block_spectra(
     stem output with ``prod_from="stem"``, to the output of block k). Each spectrum is
     ``singular_values(..., k, which, method, tol, max_matvecs)``; rows carry its error bound
     and ``converged`` flag, and ``mean_sq_estimate`` = Hutchinson ||J||_F^2 / dim from
-    ``hutchinson`` Gaussian probes (0 to skip). For ``which="largest"`` the ``prod`` spectra
-    of all depths come from one walk (``cumulative_singular_values``: forward cost linear in
-    depth, one certificate block per depth; ``method="walk"`` asks for it explicitly);
-    ``"smallest"``/``"both"`` solve each depth's map on its own (warm-started), whose cost
-    grows with depth x depth: use a subset of depths for deep nets.
+    ``hutchinson`` Gaussian probes (0 to skip). For ``which="largest"`` or ``"both"`` the
+    ``prod`` spectra of all depths come from one walk (``cumulative_singular_values``: forward
+    cost linear in depth, one certificate block per depth; ``method="walk"`` asks for it
+    explicitly, top only) wherever block l is fed by block l - 1; ``"smallest"`` (and models
+    whose blocks are not a chain) solve each depth's map on its own (warm-started), whose cost
+    grows with depth x depth: use a subset of depths for deep nets. Bottom values (``"both"``)
+    are the smallest Ritz values of the Krylov space (or walk basis) that certified the top:
+    upper bounds with honest error bounds, ``converged`` only where the bound meets ``tol``;
+    exact (dense) where min(m, n) <= 512. Any dense route is costed before it starts and
+    refused (UserInputError) when too large, e.g. a k covering a 16384-dim map.
 
     Any model: ``x`` is a tensor, a tuple of positional arguments or a dict of keyword
     arguments; the blocks, their kind and J_F route come from ``gradflow.structure`` (or
@@ -271,6 +282,38 @@ def block_spectra(
     return frame
 
 
+def check_spectra_cost(
+    model: nn.Module,
+    x: Inputs,
+    k: int = 8,
+    depths: str | Sequence[int] = "auto",
+    *,
+    which: str = "both",
+    method: str = "auto",
+    prod_from: str = "input",
+    blocks: Sequence[tuple[str, nn.Module] | str] | None = None,
+    stem: Callable | None = None,
+) -> None:
+    """UserInputError, after one forward pass of one sample, when ``block_spectra`` with these
+    options would take a dense route that ``solvers.route`` refuses (e.g. ``k=100000`` on a
+    16384-dim block): callers check this before any long work (``gradflow analyze``)."""
+    point = select_samples(detach(normalize(x)), 0)
+    st = _private_structure(model, point, "eval", blocks, stem)
+    chosen = _resolve_depths(depths, [(b.path, b) for b in st.blocks])
+    modules = [b.module for b in st.blocks]
+    with preserved_rng(), torch.no_grad():
+        trace = capture(st.model, point, modules[: max(chosen)], stop="output")
+    start = first_float_tensor(point)
+    start = start if start is not None and prod_from == "input" else trace.inputs[0]
+    for depth in chosen:
+        call = trace.calls[depth - 1]
+        output = call.output
+        if output is None:
+            continue
+        for columns in (call.input, start):
+            route((output.numel(), columns.numel()), output.dtype, k, which, method)
+
+
 def _is_chain(st: Structure, x: Inputs, stem: Callable | None) -> bool:
     """True when the blocks are applied one after another to stem(x): zoo models, a user's
     ``stem=``, or blocks whose inputs are x and then each previous block's output."""
@@ -302,7 +345,7 @@ def _sample_rows(st: Structure, at: _Point, chosen, operators, options, hutchins
 
     def measure(fn, point, operator, depth, start=None):
         solver = {**options, "method": "auto" if options["method"] == "walk" else options["method"]}
-        result = singular_values(fn, point, **solver, start=start)
+        result = singular_values(fn, point, **solver, start=start, stop_at_top=True)
         estimate = np.nan
         if hutchinson:
             estimate = frobenius_norm(fn, point, probes=hutchinson, seed=options["seed"]).mean_sq
@@ -315,11 +358,13 @@ def _sample_rows(st: Structure, at: _Point, chosen, operators, options, hutchins
                 measure(fn, at.inputs[depth - 1], operator, depth)
     if "prod" not in operators:
         return frames
-    walk_ok = options["which"] == "largest" and options["method"] in ("auto", "walk")
-    if walk_ok and at.steps is not None:
+    which = options["which"]
+    walk_ok = which in ("largest", "both") and options["method"] in ("auto", "walk")
+    if walk_ok and at.steps is not None and not _dense_is_cheap(at.start, options):
         walk = cumulative_singular_values(
             at.steps, at.start, k=options["k"], depths=chosen, tol=options["tol"],
             hutchinson=hutchinson if hutchinson >= 2 else 0, seed=options["seed"],
+            bottom=options["k"] if which == "both" else 0,
         )  # fmt: skip
         for depth, result in walk.items():
             add(result, "prod", depth, result.mean_sq_estimate)
@@ -328,6 +373,16 @@ def _sample_rows(st: Structure, at: _Point, chosen, operators, options, hutchins
     for depth in chosen:
         warm = measure(at.prod(depth), at.start, "prod", depth, start=warm).vectors
     return frames
+
+
+def _dense_is_cheap(start: Tensor, options: dict) -> bool:
+    """True where method="auto" would form each prod map densely (min(m, n) <= n small): the
+    exact bottom values are then cheaper than the walk's Ritz bounds (e.g. MLPs on 5 inputs)."""
+    return (
+        options["method"] == "auto"
+        and options["which"] != "largest"
+        and (start.numel() <= DENSE_AUTO_LIMIT)
+    )
 
 
 def summarize_spectra(frame: pd.DataFrame) -> pd.DataFrame:

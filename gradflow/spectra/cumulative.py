@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import UserInputError
 from .operators import JacobianOperator, probe_generator
-from .solvers import SpectrumResult, orthonormal_rows
+from .solvers import SpectrumResult, check_dense_route, orthonormal_rows
 
 Step = Callable[[Tensor], Tensor]
 
@@ -96,6 +96,29 @@ def _ritz_triplets(basis: Tensor, images: Tensor, k: int) -> tuple[Tensor, Tenso
     return sigma, left, (mix @ basis).double(), weights
 
 
+def _bottom_triplets(
+    basis: Tensor, images: Tensor, count: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``count`` smallest Ritz triplets of J on span(basis) (values descending): upper
+    bounds on the smallest singular values (Cauchy interlacing), with J v = s u exactly."""
+    eigenvalues, vectors = torch.linalg.eigh((images @ images.T).double())
+    mix = vectors[:, :count].flip(1).T.to(images.dtype)  # the smallest, largest first
+    left = (mix @ images).double()
+    sigma = left.norm(dim=1)
+    left = left / sigma.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    return sigma, left, (mix @ basis).double(), eigenvalues
+
+
+def _certify_bottom(chain, basis, images, count, depth, tol, floor):
+    """(values, errors, residuals, converged) of the smallest Ritz values, one pull each."""
+    sigma, left, right, _ = _bottom_triplets(basis, images, count)
+    pulled = chain.pull(left.to(basis.dtype), depth).double()
+    residual = (pulled - sigma[:, None] * right).norm(dim=1)
+    error = residual / math.sqrt(2.0)
+    ok = (error <= tol * sigma) | (residual <= floor)
+    return sigma, error, residual, bool(ok.all())
+
+
 def cumulative_singular_values(
     steps: Sequence[Step],
     x: Tensor,
@@ -107,6 +130,7 @@ def cumulative_singular_values(
     max_basis: int | None = None,
     max_rounds: int = 30,
     hutchinson: int = 0,
+    bottom: int = 0,
     seed: int = 0,
     chunk_size: int = 64,
 ) -> dict[int, SpectrumResult]:
@@ -118,7 +142,9 @@ def cumulative_singular_values(
     depth. ``matvecs`` of a result counts the step products spent since the previous requested
     depth divided by d (whole-map equivalents). ``hutchinson`` > 0 Gaussian probes are pushed
     along too: ``SpectrumResult.mean_sq_estimate`` gets ||J||_F^2 / min(m, n) at every depth
-    for the same linear cost.
+    for the same linear cost. ``bottom`` > 0 adds that many smallest Ritz values of the walk's
+    basis at each requested depth (upper bounds on the smallest singular values, certified by
+    one pull-back each: honest bounds, rarely converged), at ranks dim - bottom .. dim - 1.
     """
     if not isinstance(k, int) or k < 1:
         raise UserInputError(f"k must be a positive integer, got {k!r}")
@@ -133,6 +159,8 @@ def cumulative_singular_values(
     generator = probe_generator(seed)
     block_size = min(block_size or max(k + k // 2 + 2, 16), columns)
     max_basis = max(max_basis or 4 * block_size, 2 * block_size)
+    if max_basis >= columns:  # the basis may grow to the whole input space: as costly as dense
+        check_dense_route((chain.numel(wanted[-1]), columns), dtype, k, "largest", False)
     basis = orthonormal_rows(
         torch.randn(block_size, columns, generator=generator, dtype=dtype),
         torch.empty(0, columns, dtype=dtype),
@@ -171,6 +199,15 @@ def cumulative_singular_values(
             images = torch.cat([images, chain.push(fresh, 0, depth)])
         order = torch.argsort(sigma, descending=True)
         sigma, error, residual, right = sigma[order], error[order], residual[order], right[order]
+        indices, low_ok = np.arange(kept), True
+        low = min(bottom, basis.shape[0] - kept, min(rows, columns) - kept)
+        if low > 0:
+            floor = rounding * float(sigma[0])
+            *parts, low_ok = _certify_bottom(chain, basis, images, low, depth, tol, floor)
+            top = (sigma, error, residual)
+            sigma, error, residual = (torch.cat(pair) for pair in zip(top, parts, strict=True))
+            dim = min(rows, columns)
+            indices = np.concatenate([indices, np.arange(dim - low, dim)])
         products, spent = chain.step_products - spent, chain.step_products
         dim = min(rows, columns)
         mean_sq = (
@@ -178,12 +215,12 @@ def cumulative_singular_values(
         )
         results[depth] = SpectrumResult(
             values=sigma.numpy(),
-            indices=np.arange(kept),
+            indices=indices,
             errors=error.numpy(),
             residuals=residual.numpy(),
             matvecs=math.ceil(products / depth),
             method="walk",
-            converged=bool(ok.all()) or full,
+            converged=(bool(ok.all()) and low_ok) or full,
             dim=dim,
             shape=(rows, columns),
             vectors=right.to(dtype),

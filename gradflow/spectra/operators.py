@@ -5,8 +5,10 @@
 transposed view with the same vocabulary) and ``as_linear_operator()`` (a scipy
 ``LinearOperator``). The native form is a block of *rows*: ``matmat_rows(V)`` maps (p, n) to
 (p, m), batched over the rows with ``torch.func.vmap``. ``J v`` comes from forward mode
-(``torch.func.jvp``; one vector at a time, from a double vjp instead where the first two
-products measured that faster: forward-mode convolutions on a CPU cost ~3x), or, where an
+(``torch.func.jvp``, batched; one vector at a time from a double vjp wherever it exists:
+forward-mode AD cost 2.5x more for one resnet56 stage-1 product and 2-4x for tanh MLPs; a
+fixed rule, never a timing, since the two routes differ at rounding level and a timed race
+made one command with one seed write different spectra), or, where an
 operation has no forward-mode derivative, always from the vjp of the vjp
 (``route = "double_vjp"``: J v = d/du <J^T u, v>, exact since J^T u is linear in u; warned
 once). ``torch.func.linearize`` was measured too: 2x cheaper products, but its trace cost
@@ -16,7 +18,6 @@ once). ``torch.func.linearize`` was measured too: 2x cheaper products, but its t
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -207,9 +208,7 @@ class JacobianOperator(RowOperator):
         self.route: str | None = None
         self._tangent: Callable[[Tensor], Tensor] | None = None
         self._vmap = True
-        self._single_timings: dict[str, float] | None = None  # jvp vs double vjp, one vector
-        self._single_tangent: Callable[[Tensor], Tensor] | None = None
-        self._single_double_vjp: Callable[[Tensor], Tensor] | None = None
+        self._single_tangent: Callable[[Tensor], Tensor] | None = None  # one J v (_single)
         self._composite = False  # True once the vjp was retraced with composite kernels
 
     def _forward_route(self) -> Callable[[Tensor], Tensor]:
@@ -242,31 +241,21 @@ class JacobianOperator(RowOperator):
         raise AssertionError("unreachable")
 
     def _single(self, tangent: Tensor) -> Tensor:
-        """One J v on the forward route: by jvp or by double vjp, whichever the first two
-        single products measured faster (forward-mode AD through convolutions on a CPU cost
-        3x a double vjp in bench_spectra; for an MLP it is the other way round)."""
-        if self._single_timings is None:
-            return self._tangent(tangent)
-        timings = self._single_timings
-        candidates = {"jvp": self._tangent, "double_vjp": self._single_double_vjp}
-        name = "jvp" if "jvp" not in timings else "double_vjp"
-        started = time.perf_counter()
+        """One J v on the forward route: by the double vjp where it exists, else by jvp (module
+        docstring: a fixed rule, so that the same call gives the same bits)."""
+        if self._single_tangent is None:
+            try:
+                self._single_tangent = self._double_vjp_route()
+            except (RuntimeError, NotImplementedError):
+                self._single_tangent = self._tangent  # no double vjp here: jvp it is
         try:
-            if name == "double_vjp" and self._single_double_vjp is None:
-                self._single_double_vjp = self._double_vjp_route()
-                started = time.perf_counter()
-                candidates[name] = self._single_double_vjp
             with torch.no_grad():
-                result = candidates[name](tangent)
+                return self._single_tangent(tangent)
         except (RuntimeError, NotImplementedError):
-            self._single_timings = None  # no double vjp here: jvp it is
+            if self._single_tangent is self._tangent:
+                raise
+            self._single_tangent = self._tangent
             return self._tangent(tangent)
-        timings[name] = time.perf_counter() - started
-        if len(timings) == 2:
-            fastest = min(timings, key=timings.get)
-            self._single_tangent = candidates[fastest]
-            self._single_timings = None
-        return result
 
     def _batched(self, function: Callable[[Tensor], Tensor], batch: Tensor) -> Tensor:
         """``function`` on every row of ``batch``: vmapped, or one at a time where an operation
@@ -293,7 +282,6 @@ class JacobianOperator(RowOperator):
             tangent = self._forward_route()
             result = self._batched(tangent, tangents)
             self.route, self._tangent = "forward", tangent
-            self._single_timings = {}
             return result
         except UserInputError:
             raise
@@ -323,11 +311,7 @@ class JacobianOperator(RowOperator):
         if self._tangent is None:
             result = self._choose_route(tangents)
         elif count == 1 and self.route == "forward":
-            if self._single_tangent is not None:
-                with torch.no_grad():
-                    result = self._single_tangent(tangents[0])[None]
-            else:
-                result = self._single(tangents[0])[None]
+            result = self._single(tangents[0])[None]
         else:
             result = self._batched(self._tangent, tangents)
         self.products += count

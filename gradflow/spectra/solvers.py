@@ -28,6 +28,72 @@ from .operators import JacobianOperator, TallView, TensorFunction, probe_generat
 WHICH = ("largest", "smallest", "both")
 METHODS = ("auto", "dense", "lanczos", "randomized")
 DENSE_AUTO_LIMIT = 512  # method="auto" forms J when min(m, n) is at most this
+# The dense route forms J (min(m, n) products) and an SVD workspace of about the same size:
+# refused above these, before any product (a k or a map too large for it is a user error).
+DENSE_BYTES_LIMIT = 2**30
+DENSE_PRODUCTS_LIMIT = 8192
+
+
+@dataclass(frozen=True)
+class DenseCost:
+    """What forming J and its SVD costs: ``products`` J(^T)-vector products, ``bytes`` of J
+    plus LAPACK's copy of it (the singular values alone need no singular vectors)."""
+
+    products: int
+    bytes: int
+
+    @classmethod
+    def of(cls, shape: tuple[int, int], dtype: torch.dtype) -> DenseCost:
+        m, n = shape
+        return cls(min(m, n), 2 * m * n * torch.finfo(dtype).bits // 8)
+
+    @property
+    def affordable(self) -> bool:
+        return self.bytes <= DENSE_BYTES_LIMIT and self.products <= DENSE_PRODUCTS_LIMIT
+
+    def describe(self, shape: tuple[int, int]) -> str:
+        return (
+            f"forming the {shape[0]} x {shape[1]} Jacobian takes {self.products} products and "
+            f"{self.bytes / 2**30:.2f} GiB (limits: {DENSE_PRODUCTS_LIMIT} products, "
+            f"{DENSE_BYTES_LIMIT / 2**30:.0f} GiB)"
+        )
+
+
+def check_dense_route(shape, dtype, k: int | None, which: str, asked: bool) -> None:
+    """UserInputError, before any product, when the dense route this call would take costs
+    more than the limits (``asked``: method="dense" was requested, else k forced it)."""
+    cost = DenseCost.of(shape, dtype)
+    if cost.affordable:
+        return
+    dim = min(shape)
+    if asked:
+        raise UserInputError(
+            f"method='dense': {cost.describe(shape)}; pass method='lanczos' (or 'auto') with a "
+            f"k well below {dim}, e.g. k=8"
+        )
+    wanted = "every singular value" if k is None else f"k={k} ({which}) covers all {dim} values"
+    most = max((dim - 1) // 2 if which == "both" else dim - 1, 1)
+    raise UserInputError(
+        f"{wanted} of this map, which only the dense route finds: {cost.describe(shape)}; "
+        f"pass k <= {min(most, 512)} (e.g. the default 8) for the iterative solver"
+    )
+
+
+def route(
+    shape: tuple[int, int], dtype: torch.dtype, k: int | None, which: str, method: str
+) -> str:
+    """The method ``singular_values`` uses on a map of ``shape``: "dense" for method="dense",
+    k=None, k covering the spectrum or (auto) min(m, n) <= DENSE_AUTO_LIMIT, refused by
+    ``check_dense_route`` when too costly (before any product; callers may ask it first)."""
+    dim = min(shape)
+    asked = method == "dense"
+    if method == "auto":
+        method = "dense" if k is None or dim <= DENSE_AUTO_LIMIT else "lanczos"
+    covers_all = k is not None and (k >= dim or (2 * k >= dim and which == "both"))
+    if method == "dense" or (covers_all and method == "lanczos"):
+        check_dense_route(shape, dtype, k, which, asked)
+        return "dense"
+    return method
 
 
 @dataclass
@@ -260,20 +326,29 @@ def _largest(
     max_matvecs: int | None,
     generator: torch.Generator,
     start: Tensor | None,
+    bottom: bool = False,
+    stop_at_top: bool = False,
 ) -> SpectrumResult:
-    """Top k by Golub-Kahan-Lanczos bidiagonalisation (``bidiagonal.largest_triplets``)."""
+    """Top k by Golub-Kahan-Lanczos bidiagonalisation (``bidiagonal.largest_triplets``); with
+    ``bottom`` also the k smallest Ritz values of the same Krylov space, certified from the
+    same stored products (honest bounds; converged only where the bound meets tol)."""
     view = operator.tall()
+    dim = min(view.shape)
     budget = max_matvecs or 2 * max(40 * k, 512)
-    found = largest_triplets(view, k, tol, budget, generator, start=start)
+    found = largest_triplets(
+        view, k, tol, budget, generator, start=start, bottom=k * bottom, stop_at_top=stop_at_top
+    )
+    parts = [found] + ([found.bottom] if bottom else [])
+    low = np.arange(dim - len(found.bottom.values), dim) if bottom else np.arange(0)
     return SpectrumResult(
-        values=found.values.numpy(),
-        indices=np.arange(k),
-        errors=found.errors.numpy(),
-        residuals=found.residuals.numpy(),
+        values=torch.cat([part.values for part in parts]).numpy(),
+        indices=np.concatenate([np.arange(k), low]),
+        errors=torch.cat([part.errors for part in parts]).numpy(),
+        residuals=torch.cat([part.residuals for part in parts]).numpy(),
         matvecs=operator.products,
         method="lanczos",
-        converged=found.converged,
-        dim=min(view.shape),
+        converged=all(part.converged for part in parts),
+        dim=dim,
         shape=operator.shape,
         vectors=found.right.to(operator.dtype),
     )
@@ -292,29 +367,35 @@ def singular_values(
     seed: int = 0,
     chunk_size: int = 64,
     start: Tensor | None = None,
+    stop_at_top: bool = False,
 ) -> SpectrumResult:
     """The k largest and/or smallest singular values of J = d fn(x)/dx, without forming J.
 
     ``method="dense"`` forms J (min(m, n) products) and takes ``torch.linalg.svdvals``;
-    ``"lanczos"``: block Lanczos on J^T J (or J J^T, whichever is smaller) with full
-    reorthogonalisation, stopping when every wanted value has an error bound <= tol * sigma;
+    ``"lanczos"``: Golub-Kahan-Lanczos bidiagonalisation (largest, both: one Krylov space
+    serves the top and the bottom) or block Lanczos on J^T J (smallest), full
+    reorthogonalisation, stopping when every wanted value has an error bound <= tol * sigma
+    (``stop_at_top``: which="both" stops once the top is certified, the bottom values are then
+    the smallest Ritz values so far, upper bounds with honest error bounds);
     ``"randomized"``: subspace iteration (largest only); ``"auto"``: dense when
     min(m, n) <= 512 or k is None, else lanczos. Computes in the dtype of x (float32 gives
     about 1e-6 relative accuracy on large values, ~1e-7 * sigma_max absolute on small ones).
     ``max_matvecs`` caps the Gram products (each is one J and one J^T product); the random
     start uses its own generator seeded by ``seed``, never the global RNG; ``start`` (rows of
     shape (p, min(m, n))) replaces the first p random start vectors (a warm start).
+    A dense route (method="dense", k=None, or k covering the whole spectrum) is costed first
+    (``DenseCost``) and refused with UserInputError above ``DENSE_*_LIMIT``.
     """
     _check_options(k, which, method, tol)
     operator = JacobianOperator(fn, x, chunk_size=chunk_size)
     dim = min(operator.m, operator.n)
-    if method == "auto":
-        method = "dense" if k is None or dim <= DENSE_AUTO_LIMIT else "lanczos"
-    if method == "dense" or (k is not None and 2 * k >= dim and method == "lanczos"):
+    method = route(operator.shape, operator.dtype, k, which, method)
+    if method == "dense":
         return _dense(operator, k, which)
     generator = probe_generator(seed)
-    if method == "lanczos" and which == "largest":
-        return _largest(operator, k, tol, max_matvecs, generator, start)
+    if method == "lanczos" and which in ("largest", "both"):
+        both = which == "both"
+        return _largest(operator, k, tol, max_matvecs, generator, start, both, stop_at_top)
     block_size = block_size or max(k, 16)  # more start vectors bought nothing (bench_spectra)
     budget = (max_matvecs // 2) if max_matvecs else max(40 * k, 512)
     return _iterate(
