@@ -133,6 +133,7 @@ def run(name: str, args: list[str], folder: Path) -> dict:
     return {
         "run": name,
         "wall_s": round(wall, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),  # less sensitive to load than wall
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "exit": os.waitstatus_to_exitcode(status),
         "batch": inputs,
