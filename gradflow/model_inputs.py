@@ -302,9 +302,11 @@ def first_layer_check(model: nn.Module, inputs: Inputs, label: str) -> None:
         return
     layer, given = first[0]
     if isinstance(given, Tensor) and given.dim() >= 4:
+        full = [batch_size(inputs), *given.shape[1:]]  # the layer saw two of the samples
+        batch_text = f"{str(given.dtype).replace('torch.', '')}{full}"
         raise UserInputError(
             f"{label}: its first layer Linear({layer.in_features}, {layer.out_features}) would "
-            f"be applied along the last axis of the images {describe(given)}: pass "
+            f"be applied along the last axis of the images {batch_text}: pass "
             f"--input-shape {layer.in_features} (a vector per sample) or inputs of the shape "
             "the model expects"
         )
