@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,12 +115,13 @@ def build():
 """
 
 
-RESNET18_ARGS = ("--model", "resnet18.py:build", "--input-shape", "3,64,64", "--batch-size", "16")
+RESNET18_ARGS = ("--model", "resnet18.py:build", "--input-shape", "3,64,64")
 
 
 def run(name: str, args: list[str], folder: Path) -> dict:
     """One `gradflow analyze` subprocess: wall seconds, peak RSS (MB), exit code, summary."""
     out = folder / f"report-{name}"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's report (--keep)
     command = [sys.executable, "-m", "gradflow", "analyze", *args, "--quiet", "--out", str(out)]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -131,10 +133,14 @@ def run(name: str, args: list[str], folder: Path) -> dict:
     return {
         "run": name,
         "wall_s": round(wall, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),  # less sensitive to load than wall
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "exit": os.waitstatus_to_exitcode(status),
         "batch": inputs,
-        "phases_s": {p["phase"]: p["seconds"] for p in meta.get("phase_seconds", [])},
+        "batch_size": [plan["batch_size"] for plan in meta.get("record", [])],
+        "phases_s_mib": {
+            p["phase"]: [p["seconds"], p.get("peak_rss_mib")] for p in meta.get("phase_seconds", [])
+        },
         "error": (stderr.strip().splitlines() or ["killed"])[-1] if status else "",
         "command": " ".join(["gradflow", "analyze", *args]),
     }
@@ -142,21 +148,22 @@ def run(name: str, args: list[str], folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", default="1", help="--samples of every run")
-    parser.add_argument("--k", default="8", help="--k of every run")
-    parser.add_argument("--depths", default="auto", help="--depths of every run")
-    parser.add_argument("--resnet50-batch", default="8", help="--batch-size of resnet50")
+    parser.add_argument(
+        "--extra", default="", help="extra analyze flags of every run (default: none, as a user)"
+    )
     parser.add_argument("--only", nargs="*", help="run only these (transformer resnet18 resnet50)")
+    parser.add_argument("--keep", help="write the model files and reports here (kept)")
     options = parser.parse_args()
-    common = ["--samples", options.samples, "--k", options.k, "--depths", options.depths]
+    common = options.extra.split()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(options.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "transformer.py").write_text(textwrap.dedent(TRANSFORMER))
         (folder / "resnet18.py").write_text(textwrap.dedent(RESNET18))
         runs = {
             "transformer": ["--model", "transformer.py:build", "--batch-size", "16"],
             "resnet18": [*RESNET18_ARGS],
-            "resnet50": ["--model", "resnet50", "--batch-size", options.resnet50_batch],
+            "resnet50": ["--model", "resnet50"],
         }
         print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         for name, args in runs.items():

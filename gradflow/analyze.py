@@ -42,6 +42,7 @@ __all__ = ["SUMMARY_COLUMNS", "AnalysisConfig", "AnalysisResult", "analyze", "ch
 
 REPORT_KIND = "analysis-report"
 PRECHECK_SAMPLES = 16  # the non-finite check before the long phases: one small forward+backward
+PRECHECK_GFLOP = 8.0  # ... of at most this forward work (resnet56: 16 x 0.25; resnet50@224: 2)
 
 
 @dataclass
@@ -173,7 +174,8 @@ def analyze(
     data_dir: str | None = None,
     batch_size: int | None = None,
     record_memory: int = 1024,
-    samples: int = 2,
+    samples: int | None = None,
+    which: str = "auto",
     k: int = 8,
     depths: str = "auto",
     seed: int = 0,
@@ -217,8 +219,11 @@ def analyze(
     net's spectral density, on the first ``hessian_batch`` samples with BN in ``hessian_bn``
     mode (``gradflow.analyze_hessian``; ``AnalysisResult.hessian``).
     Memory: ``batch_size=None`` takes ``gradflow.memory.default_batch_size`` of each model's
-    input size (128 up to 3x32x32, 16 at 3x224x224); the record phase feeds the batch in
+    input size (128 up to 3x32x32, 8 at 3x224x224); the record phase feeds the batch in
     micro-batches whose saved activations fit ``record_memory`` MiB (``meta["record"]``).
+    Work: ``samples=None`` and ``which="auto"`` let ``gradflow.budget`` plan each model's
+    spectra (2 samples, the k largest and smallest values; 1 sample, then the largest only,
+    for a model whose spectra would exceed its work budget; ``meta["spectra"]``).
     Non-finite values: before the long phases, one forward and backward on the first
     micro-batch finds where NaN/Inf first appears (``gradflow.finite.locate_nonfinite``);
     such a model is recorded, its spectra are skipped, its summary cells are NaN and its
@@ -232,6 +237,7 @@ def analyze(
         batch_size=batch_size,
         record_memory=record_memory,
         samples=samples,
+        which=which,
         k=k,
         depths=depths,
         seed=seed,
@@ -290,13 +296,18 @@ def _progress_bar(config: AnalysisConfig, total: int):
 
 
 def _record_plan(probe, config: AnalysisConfig) -> dict:
-    """Batch and micro-batch of one model's record phase, from its saved bytes per sample."""
+    """Batch and micro-batch of one model's record phase, from its saved bytes per sample, the
+    samples of its non-finite precheck, and its spectra plan (key "spectra": ``gradflow.budget``;
+    analyze writes it to meta["spectra"])."""
+    from .budget import spectra_plan
     from .inputs import batch_size
-    from .memory import choose_micro_batch, saved_bytes_per_sample
+    from .memory import choose_micro_batch, forward_gflop, saved_bytes_per_sample
 
     total = batch_size(probe.inputs)
     per_sample = saved_bytes_per_sample(probe.model, probe.inputs, probe.targets, probe.loss_fn)
     micro = choose_micro_batch(per_sample, total, config.record_memory)
+    gflop = forward_gflop(probe.model, probe.inputs)
+    precheck = min(PRECHECK_SAMPLES, max(2, int(PRECHECK_GFLOP / max(gflop, 1e-9))), total)
     return {
         "model": probe.label,
         "batch_size": total,
@@ -304,12 +315,16 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
         "micro_batches": -(-total // micro),
         "saved_mib_per_sample": round(per_sample / 2**20, 3),
         "record_memory_mib": config.record_memory,
+        "precheck_samples": precheck,
+        "spectra": spectra_plan(probe.label, probe.model, probe.inputs, config, gflop),
     }
 
 
 def _first_nonfinite(probe, plan: dict, everything: bool = False):
-    """Where NaN/Inf first appears on the first ``PRECHECK_SAMPLES`` (or on every micro-batch:
-    after a record phase whose numbers are non-finite although the first samples were not)."""
+    """Where NaN/Inf first appears on the first ``plan["precheck_samples"]`` (at most
+    ``PRECHECK_SAMPLES``, fewer for a model whose forward exceeds ``PRECHECK_GFLOP`` / 16; or
+    on every micro-batch: after a record phase whose numbers are non-finite although the first
+    samples were not)."""
     from .finite import locate_nonfinite
     from .inputs import select_samples
     from .record import micro_batches, slice_targets
@@ -318,7 +333,7 @@ def _first_nonfinite(probe, plan: dict, everything: bool = False):
     slices = micro_batches(total, plan["micro_batch"])
     batches = (
         (select_samples(probe.inputs, part), slice_targets(probe.targets, part, total))
-        for part in (slices if everything else [slice(0, min(PRECHECK_SAMPLES, total))])
+        for part in (slices if everything else [slice(0, plan["precheck_samples"])])
     )
     return locate_nonfinite(probe.model, batches, probe.loss_fn)
 
@@ -343,12 +358,14 @@ def _measure(phase: str, probe, config: AnalysisConfig, plan: dict, site) -> pd.
     if site is not None:  # Jacobians at a non-finite point mean nothing: NaN in the summary
         return pd.DataFrame(columns=COLUMNS)
     torch.manual_seed(config.seed)
+    spectra = plan["spectra"]
     return block_spectra(
         model,
         x,
         k=config.k,
-        depths=parse_depths(config.depths),
-        samples=config.samples,
+        depths=spectra["depths"],
+        samples=spectra["samples"],
+        which=spectra["which"],
         model_name=label,
         seed=config.seed,
     )
@@ -387,7 +404,7 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     frames: dict[str, list[pd.DataFrame]] = {"record": [], "spectra": []}
     if config.hessian:
         frames["hessian"] = []
-    timings, plans, sites = [], [], []
+    timings, plans, sites, spectra_plans = [], [], [], []
     try:
         probes = {
             label: probe_for(label, model, _model_config(config, model), data, device)
@@ -398,6 +415,7 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
         with bar:
             for label, probe in probes.items():
                 plans.append(plan := {**_record_plan(probe, config), "step": step})
+                spectra_plans.append({**plan["spectra"], "step": step})
                 site = _first_nonfinite(probe, plan)
                 for phase, collected in frames.items():
                     bar.set_postfix_str(f"{label}: {phase}")
@@ -417,7 +435,8 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     summary = mark_summary(summary_table(records, spectra_summary), records, sites)
     meta = analysis_meta(config, data.value, time.time() - started)
     meta["phase_seconds"] = timings
-    meta["record"] = plans
+    meta["record"] = [{k: v for k, v in plan.items() if k != "spectra"} for plan in plans]
+    meta["spectra"] = spectra_plans
     meta["nonfinite"] = sites
     meta["inputs"] = {label: probe.meta() for label, probe in probes.items()}
     hessian = None

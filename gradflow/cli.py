@@ -92,6 +92,7 @@ def _default_out(models: Sequence[str]) -> Path:
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis (training first for --steps), print the summary, write the report."""
     from .analyze import check_out
+    from .budget import spectra_lines
     from .memory import record_lines
     from .model_inputs import input_lines
     from .outdir import output_lock
@@ -105,7 +106,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         result = run_analysis(config)
         result.save(out, overwrite=args.force)
     print(result.summary_text())
-    print("\n" + "\n".join([*input_lines(result.meta), *record_lines(result.meta)]))
+    lines = [*input_lines(result.meta), *record_lines(result.meta), *spectra_lines(result.meta)]
+    print("\n" + "\n".join(lines))
     print(f"\nreport: {out / 'report.html'}   data: {out / 'data'}")
     return 0
 

@@ -41,6 +41,9 @@ def milestones(text: str) -> tuple[float, ...]:
     return values
 
 
+# The ends of each spectrum --which measures (gradflow.budget), here so --help needs no torch.
+SPECTRA_WHICH = ("auto", "both", "largest")
+
 # The BN modes gf.hessian_spectra measures in (--hessian-bn), here so --help needs no torch.
 HESSIAN_BN_MODES = ("train", "eval")
 
@@ -74,7 +77,7 @@ class AnalysisConfig:
         None,
         minimum=2,
         help="measurement batch size (default: 128; fewer for inputs larger than 3x32x32, "
-        "16 at 3x224x224; written to meta.json)",
+        "8 at 3x224x224; written to meta.json)",
     )
     record_memory: int = option(
         1024,
@@ -83,8 +86,19 @@ class AnalysisConfig:
         help="MiB of activations the record phase may keep for its backward: a batch that "
         "needs more is fed in equal micro-batches (written to meta.json)",
     )
-    samples: int = option(
-        2, minimum=1, help="samples of the measurement batch for the Jacobian spectra"
+    samples: int | None = option(
+        None,
+        minimum=1,
+        help="samples of the measurement batch for the Jacobian spectra (default 2; 1 for a "
+        "model whose spectra would exceed the work budget: gradflow.budget, written to "
+        "meta.json and the report)",
+    )
+    which: str = option(
+        "auto",
+        choices=SPECTRA_WHICH,
+        help="ends of each spectrum: both (k largest and k smallest), largest; auto: both, "
+        "or largest for a model over the work budget (the smallest are then not measured; "
+        "written to meta.json and the report)",
     )
     k: int = option(8, minimum=1, help="largest and smallest singular values per operator")
     depths: str = option(

@@ -12,7 +12,13 @@ same command feeds the same slices, and so writes the same numbers, on any machi
 
 ``default_batch_size``: the measurement batch when none is given: 128 (the paper's CIFAR
 batch), fewer for larger inputs so that the record phase's compute stays within a few CIFAR
-batches (16 at 3x224x224, the issue-13 target of one minute for resnet50).
+batches (8 at 3x224x224, the issue-13 target of one minute for resnet50: the batch goes through
+about five forwards -- the input check, the record pass and its backward, the BN calibration
+and the structure trace of the spectra copy).
+
+``forward_gflop``: the multiply-add work of one sample's forward pass (matmuls, convolutions,
+attention; ``torch.utils.flop_counter``'s formulas), counted, not timed: the cost proxy the
+spectra plan of ``gradflow.analyze`` scales by (the same number on any machine).
 
 ``peak_rss_mib``/``reset_peak_rss``: the process's peak resident set size (Linux
 /proc/self/status VmHWM; ``getrusage`` elsewhere, which cannot be reset), per phase.
@@ -28,13 +34,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .inputs import Inputs, batch_size, call_model, select_samples
 
 DEFAULT_BUDGET_MIB = 1024  # saved tensors of one record slice (the 2 GB goal, with margin)
 PROBE_SAMPLES = 2
 DEFAULT_BATCH = 128
-BATCH_INPUT_VALUES = 8 * DEFAULT_BATCH * 3 * 32 * 32  # 8 CIFAR batches of input values
+BATCH_INPUT_VALUES = 4 * DEFAULT_BATCH * 3 * 32 * 32  # 4 CIFAR batches of input values
 MIN_DEFAULT_BATCH = 8
 MIB = 2**20
 
@@ -91,8 +98,8 @@ def choose_micro_batch(
 
 def default_batch_size(input_shape: tuple[int, ...] | None) -> int:
     """128 for inputs up to CIFAR's 3x32x32; for larger ones the largest power of two
-    holding at most eight CIFAR batches of input values (128 at 3x64x64, 64 at 3x128x128,
-    16 at 3x224x224: resnet50 saves 78 MiB per sample, 1.2 GB at 16), never below 8."""
+    holding at most four CIFAR batches of input values (128 at 3x64x64, 32 at 3x128x128,
+    8 at 3x224x224: resnet50 saves 78 MiB per sample, 0.6 GB at 8), never below 8."""
     if not input_shape:
         return DEFAULT_BATCH
     values = math.prod(input_shape)
@@ -100,6 +107,39 @@ def default_batch_size(input_shape: tuple[int, ...] | None) -> int:
         return DEFAULT_BATCH
     fits = 2 ** int(math.log2(max(1, BATCH_INPUT_VALUES // values)))
     return max(MIN_DEFAULT_BATCH, min(DEFAULT_BATCH, fits))
+
+
+class _FlopCount(TorchDispatchMode):
+    """Sums ``torch.utils.flop_counter``'s FLOP formulas over every op dispatched inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self.registry, self.flops = flop_registry, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
+def forward_gflop(model: nn.Module, inputs: Inputs) -> float:
+    """GFLOP of one forward of a private copy of ``model`` on the first sample of ``inputs``
+    (no grad; the model, its buffers and the global RNG untouched)."""
+    from .private import private_copy
+    from .state import preserved_rng
+
+    one = select_samples(inputs, slice(0, 1))
+    with preserved_rng():
+        twin = private_copy(model)
+        counter = _FlopCount()
+        with torch.no_grad(), counter:
+            call_model(twin, one)
+    return counter.flops / 1e9
 
 
 _STATUS = Path("/proc/self/status")

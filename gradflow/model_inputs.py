@@ -35,7 +35,15 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ParameterError, UserInputError
-from .inputs import Inputs, batch_size, call_model, check_inputs, describe, first_float_tensor
+from .inputs import (
+    Inputs,
+    batch_size,
+    call_model,
+    check_inputs,
+    describe,
+    first_float_tensor,
+    select_samples,
+)
 from .losses import LOSSES, logits_of, resolve_loss, sum_output
 
 INPUT_FLAGS = (
@@ -272,7 +280,8 @@ def choose_inputs(spec, source, config, data: OnDemand) -> tuple[Inputs, Any, st
 
 def first_layer_check(model: nn.Module, inputs: Inputs, label: str) -> None:
     """Refuse a first parametrised layer ``Linear`` fed images (>= 4-d): torch would apply it
-    along the last axis (the image width) instead of failing."""
+    along the last axis (the image width) instead of failing. Looks at two samples (a shape
+    question: a large batch would cost one more full forward)."""
     first: list[tuple[nn.Module, Any]] = []
 
     def hook(module, args):
@@ -285,7 +294,7 @@ def first_layer_check(model: nn.Module, inputs: Inputs, label: str) -> None:
     handles = [m.register_forward_pre_hook(hook) for m in twin.modules()]
     try:
         with torch.no_grad():
-            call_model(twin, inputs)
+            call_model(twin, select_samples(inputs, slice(0, min(2, batch_size(inputs)))))
     finally:
         for handle in handles:
             handle.remove()
@@ -293,9 +302,11 @@ def first_layer_check(model: nn.Module, inputs: Inputs, label: str) -> None:
         return
     layer, given = first[0]
     if isinstance(given, Tensor) and given.dim() >= 4:
+        full = [batch_size(inputs), *given.shape[1:]]  # the layer saw two of the samples
+        batch_text = f"{str(given.dtype).replace('torch.', '')}{full}"
         raise UserInputError(
             f"{label}: its first layer Linear({layer.in_features}, {layer.out_features}) would "
-            f"be applied along the last axis of the images {describe(given)}: pass "
+            f"be applied along the last axis of the images {batch_text}: pass "
             f"--input-shape {layer.in_features} (a vector per sample) or inputs of the shape "
             "the model expects"
         )

@@ -93,6 +93,7 @@ def merge(
         "wall_time_s": round(wall, 2),
         "phase_seconds": timings,
         "record": [*parts[0].meta["record"], *parts[1].meta["record"]],
+        "spectra": [*parts[0].meta.get("spectra", []), *parts[1].meta.get("spectra", [])],
         "nonfinite": [*parts[0].meta["nonfinite"], *parts[1].meta["nonfinite"]],
     }
     summary = mark_summary(summary_table(records, spectra_summary), records, meta["nonfinite"])

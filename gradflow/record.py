@@ -578,7 +578,9 @@ def record(
     found = None
     if layers is None and boundaries is None and not is_zoo(module):
         try:
-            found = structure(module, x)  # also checks that the forward accepts x
+            # two samples: the blocks do not depend on the batch size, a full batch would
+            # cost two more forwards (the forward on x itself is checked by the pass below)
+            found = structure(module, select_samples(x, slice(0, min(2, batch_size(x)))))
         except NoBlocksError:
             found = None  # the container boundaries of gradflow.sites
     recorder = Recorder(

@@ -243,6 +243,7 @@ def _hessian_sections(result) -> list[Section]:
 
 def _summary_section(result) -> Section:
     """What data and measurement batch the run used, the verdicts and the summary table."""
+    from .budget import spectra_lines, spectra_sentence
     from .memory import record_lines
     from .model_inputs import input_lines
 
@@ -256,9 +257,7 @@ def _summary_section(result) -> Section:
     batch = (
         f"One batch of {config.get('batch_size') or 'the size below'} inputs (seed "
         f"{config.get('seed')}) for the "
-        f"records; spectra on the first {config.get('samples')} of them, the {config.get('k')} "
-        f"largest and {config.get('k')} smallest singular values per operator, depths "
-        f"{config.get('depths')!s}."
+        f"records; {spectra_sentence(result.meta)}, depths {config.get('depths')!s}."
     )
     columns = (
         "The table: response_std is the min-max range over the 3x3 layers; a condition "
@@ -272,6 +271,7 @@ def _summary_section(result) -> Section:
             batch,
             *input_lines(result.meta),
             *record_lines(result.meta),
+            *spectra_lines(result.meta),
             *result.verdicts(),
             columns,
         ],

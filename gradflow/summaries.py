@@ -12,7 +12,8 @@ The frames come in tidy (``record``'s frame, ``block_spectra``'s frame and its
 - ``deepest_prod``: the cumulative spectrum at the deepest depth measured, per model (and
   step): geometric means over the samples of the largest and smallest singular value, the
   RMS singular value sqrt(mean over samples of Hutchinson's ||J||_F^2 / dim), the spread
-  log10(largest / RMS), the condition number and whether the bottom values converged.
+  log10(largest / RMS), the condition number and whether the bottom values converged
+  (smallest and condition NaN when only the largest values were measured).
 - ``spectra_summary_by_step``: ``summarize_spectra`` of each step's part of a spectra frame.
 - ``summary_table``: one row per (model, step), the table ``gradflow analyze`` prints.
 """
@@ -100,6 +101,8 @@ def _deepest_row(part: pd.DataFrame) -> dict:
     largest, smallest = geomean(last["largest"]), geomean(last["smallest"])
     rms = float(np.sqrt(last["mean_sq_estimate"].mean()))
     bottom = last["has_bottom"] if "has_bottom" in last else pd.Series(True, index=last.index)
+    if not bottom.any():  # only the largest values were measured (which="largest")
+        smallest = float("nan")
     return {
         "depth": depth,
         "largest": largest,

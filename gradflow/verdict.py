@@ -169,6 +169,8 @@ def _prod_text(row: dict, prod: pd.DataFrame, operator: str | None) -> str:
         f"{name} to block {row['prod_depth']}: largest singular value {largest:.3g}, RMS {rms:.3g}"
     )
     smallest, cond = row["prod_smallest"], row["prod_log10_condition"]
+    if math.isnan(smallest):  # which="largest" (gradflow.budget): no bottom values
+        return text + " (smallest singular values not measured)"
     if not smallest > RANK_DEFICIENT * largest:
         return text + ", rank-deficient (smallest ~0: inactive ReLU outputs)"
     if row["prod_bottom_converged"]:

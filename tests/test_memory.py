@@ -109,8 +109,8 @@ def test_default_batch_size_by_input_size():
     assert default_batch_size((3, 32, 32)) == 128
     assert default_batch_size((1, 28, 28)) == 128
     assert default_batch_size((3, 64, 64)) == 128
-    assert default_batch_size((3, 128, 128)) == 64
-    assert default_batch_size((3, 224, 224)) == 16
+    assert default_batch_size((3, 128, 128)) == 32
+    assert default_batch_size((3, 224, 224)) == 8
     assert default_batch_size((3, 1024, 1024)) == 8
 
 

@@ -1,0 +1,118 @@
+"""The spectra phase's plan for one model: how many samples, which end of each spectrum.
+
+``gradflow analyze``'s default spectra (two probe samples; the k largest and the k smallest
+singular values of every block and cumulative operator, a Krylov budget of 128 products each)
+cost about ``samples x products x F x N`` GFLOP, with F the forward GFLOP of one sample
+(``gradflow.memory.forward_gflop``, counted, not timed: the same plan on any machine) and N the
+whole-net maps the operators amount to (a block counts 1/L of the net, the product to depth d
+counts d/L, for the depths that will be measured). The zoo's CIFAR nets stay well inside
+``SPECTRA_BUDGET_GFLOP`` (resnet56: 150); when a model's estimate exceeds it and the user left
+the choice to gradflow (``samples=None``, ``which="auto"``), the plan
+
+1. measures one probe sample instead of two (every value keeps its own error bound), then
+2. measures only the largest values (``which="largest"``: a Golub-Kahan solve stops when the k
+   values are certified to ``tol``; a chain of blocks gets every depth's product from one walk).
+   The smallest values would spend the whole Krylov budget on each operator and, at these
+   sizes, end as unconverged Ritz upper bounds; they are *not measured* then: the frame has no
+   bottom rows and the summary's prod_smallest and condition number are NaN, not a bound.
+
+What was used and why is in ``meta["spectra"]`` and in the report; a value the user gives
+(``--samples``, ``--which``) is always used as given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .inputs import Inputs, batch_size, select_samples
+
+SPECTRA_BUDGET_GFLOP = 200.0  # resnet56 at 3x32x32 by default: 150; resnet50 at 224: 6200
+DEFAULT_SAMPLES = 2
+KRYLOV_PRODUCTS = {"both": 128, "largest": 96}  # per operator: the budget; a top-8 solve: 62-108
+STRUCTURE_SAMPLES = 2
+
+
+def operator_maps(model: nn.Module, inputs: Inputs, depths: Any) -> tuple[float, list[int], int]:
+    """(N, depths, L): the whole-net maps of the block and product operators at ``depths``
+    (``gradflow.spectra.blocks``' rule on ``gradflow.structure`` of two samples)."""
+    from .spectra.blocks import _resolve_depths
+    from .structure import structure
+
+    found = structure(model, select_samples(inputs, slice(0, STRUCTURE_SAMPLES)))
+    blocks = found.blocks
+    chosen = _resolve_depths(depths, [(b.path, b) for b in blocks])
+    count = len(blocks)
+    per_block = [2 if b.kind == "residual" else 1 for b in blocks]
+    maps = sum(per_block[d - 1] / count + d / count for d in chosen)
+    return maps, chosen, count
+
+
+def spectra_plan(label: str, model: nn.Module, inputs: Inputs, config, gflop: float) -> dict:
+    """Samples and ``which`` of one model's spectra within ``SPECTRA_BUDGET_GFLOP`` (module doc)."""
+    from .analyze import parse_depths
+
+    maps, chosen, count = operator_maps(model, inputs, parse_depths(config.depths))
+    samples = config.samples or DEFAULT_SAMPLES
+    samples = min(samples, batch_size(inputs))
+    which = "both" if config.which == "auto" else config.which
+
+    def estimate() -> float:
+        return samples * KRYLOV_PRODUCTS[which] * gflop * maps
+
+    default = round(estimate(), 1)
+    reduced = []
+    if config.samples is None and estimate() > SPECTRA_BUDGET_GFLOP and samples > 1:
+        samples, reduced = 1, [*reduced, f"samples {DEFAULT_SAMPLES} -> 1"]
+    if config.which == "auto" and estimate() > SPECTRA_BUDGET_GFLOP:
+        which, reduced = "largest", [*reduced, "which both -> largest (smallest not measured)"]
+    return {
+        "model": label,
+        "samples": samples,
+        "which": which,
+        "k": config.k,
+        "depths": chosen,
+        "blocks": count,
+        "forward_gflop_per_sample": round(gflop, 3),
+        "whole_net_maps": round(maps, 3),
+        "default_estimate_gflop": default,
+        "estimate_gflop": round(estimate(), 1),
+        "budget_gflop": SPECTRA_BUDGET_GFLOP,
+        "reduced": reduced,
+    }
+
+
+def spectra_lines(meta: dict) -> list[str]:
+    """One sentence per model whose spectra plan was reduced (meta.json's ``spectra``)."""
+    lines = []
+    for plan in meta.get("spectra") or []:
+        if not plan["reduced"]:
+            continue
+        lines.append(
+            f"Spectra of {plan['model']}: the default plan would cost ~"
+            f"{plan['default_estimate_gflop']:.0f} GFLOP ({plan['forward_gflop_per_sample']:.3g} "
+            f"GFLOP per forward, {plan['whole_net_maps']:.3g} whole-net maps), over the budget "
+            f"of {plan['budget_gflop']:.0f}: measured with {'; '.join(plan['reduced'])} "
+            f"(~{plan['estimate_gflop']:.0f} GFLOP); pass --samples and --which both to "
+            "measure the default."
+        )
+    return lines
+
+
+def spectra_sentence(meta: dict) -> str:
+    """What the spectra measured, for the report's summary (the same words as before when
+    every model got the default plan)."""
+    config = meta.get("config", {})
+    plans = meta.get("spectra") or []
+    samples = sorted({p["samples"] for p in plans}) or [config.get("samples")]
+    which = sorted({p["which"] for p in plans}) or ["both"]
+    k = config.get("k")
+    ends = {
+        "both": f"the {k} largest and {k} smallest singular values per operator",
+        "largest": f"the {k} largest singular values per operator",
+        "smallest": f"the {k} smallest singular values per operator",
+    }
+    if len(samples) == 1 and len(which) == 1:
+        return f"spectra on the first {samples[0]} of them, {ends[which[0]]}"
+    return "spectra as planned per model (below)"
