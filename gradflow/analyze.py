@@ -384,13 +384,16 @@ def _model_config(config: AnalysisConfig, spec) -> AnalysisConfig:
     return replace(config, batch_size=default_batch_size(shape))
 
 
-def _check_spectra_cost(config: AnalysisConfig, probes: dict) -> None:
-    """A --k that sends a map to a too costly dense route is refused before any phase runs."""
+def _check_spectra_cost(config: AnalysisConfig, probes: dict, plans: dict) -> None:
+    """A --k that sends a map to a too costly dense route is refused before any phase runs
+    (with the depths and the ``which`` each model's spectra plan will use)."""
     from .spectra import check_spectra_cost
 
-    for probe in probes.values():
-        depths = parse_depths(config.depths)
-        check_spectra_cost(probe.model, probe.inputs, k=config.k, depths=depths)
+    for label, probe in probes.items():
+        spectra = plans[label]["spectra"]
+        check_spectra_cost(
+            probe.model, probe.inputs, k=config.k, depths=spectra["depths"], which=spectra["which"]
+        )
 
 
 def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step: int):
@@ -410,11 +413,12 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
             label: probe_for(label, model, _model_config(config, model), data, device)
             for label, model in pairs
         }
-        _check_spectra_cost(config, probes)
+        planned = {label: _record_plan(probe, config) for label, probe in probes.items()}
+        _check_spectra_cost(config, probes, planned)
         bar = _progress_bar(config, len(probes) * len(frames))
         with bar:
             for label, probe in probes.items():
-                plans.append(plan := {**_record_plan(probe, config), "step": step})
+                plans.append(plan := {**planned[label], "step": step})
                 spectra_plans.append({**plan["spectra"], "step": step})
                 site = _first_nonfinite(probe, plan)
                 for phase, collected in frames.items():
