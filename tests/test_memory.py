@@ -3,6 +3,8 @@ saved bytes per sample and the budget, the default batch from the input size; me
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,6 +139,9 @@ def test_peak_rss_restarts_and_sees_an_allocation():
     if not reset_peak_rss():
         pytest.skip("the peak RSS cannot be reset on this system")
     before = peak_rss_mib()
-    block = bytearray(64 * MIB)  # zero-filled: every page touched
+    # a fresh anonymous mapping, every page written: the allocator cannot hand back pages that
+    # are already resident (a long-lived worker's freed heap made a bytearray add nothing)
+    block = mmap.mmap(-1, 64 * MIB)
+    block.write(b"\x01" * (64 * MIB))
     assert peak_rss_mib() >= before + 48
-    del block
+    block.close()
