@@ -301,11 +301,17 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
     analyze writes it to meta["spectra"])."""
     from .budget import spectra_plan
     from .inputs import batch_size
-    from .memory import choose_micro_batch, forward_gflop, saved_bytes_per_sample
+    from .memory import (
+        choose_micro_batch,
+        forward_gflop,
+        record_fixed_bytes,
+        saved_bytes_per_sample,
+    )
 
     total = batch_size(probe.inputs)
     per_sample = saved_bytes_per_sample(probe.model, probe.inputs, probe.targets, probe.loss_fn)
-    micro = choose_micro_batch(per_sample, total, config.record_memory)
+    fixed = record_fixed_bytes(probe.model)
+    micro = choose_micro_batch(per_sample, total, config.record_memory, fixed)
     gflop = forward_gflop(probe.model, probe.inputs)
     precheck = min(PRECHECK_SAMPLES, max(2, int(PRECHECK_GFLOP / max(gflop, 1e-9))), total)
     return {
@@ -314,6 +320,7 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
         "micro_batch": micro,
         "micro_batches": -(-total // micro),
         "saved_mib_per_sample": round(per_sample / 2**20, 3),
+        "fixed_mib": round(fixed / 2**20, 1),
         "record_memory_mib": config.record_memory,
         "precheck_samples": precheck,
         "spectra": spectra_plan(probe.label, probe.model, probe.inputs, config, gflop),

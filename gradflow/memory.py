@@ -26,6 +26,8 @@ spectra plan of ``gradflow.analyze`` scales by (the same number on any machine).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import re
 import resource
@@ -83,13 +85,24 @@ def saved_bytes_per_sample(
     return sum(seen.values()) / count
 
 
+def record_fixed_bytes(model: nn.Module) -> int:
+    """Bytes a record pass keeps whatever its slice: the gradients of the trainable parameters,
+    twice (one slice's, and their sum over the slices so far)."""
+    return 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
 def choose_micro_batch(
-    per_sample_bytes: float, batch: int, budget_mib: float = DEFAULT_BUDGET_MIB
+    per_sample_bytes: float,
+    batch: int,
+    budget_mib: float = DEFAULT_BUDGET_MIB,
+    fixed_bytes: float = 0.0,
 ) -> int:
     """The largest slice of ``batch`` (the whole batch, else an even split) whose saved
-    tensors fit ``budget_mib``; at least one sample."""
+    tensors, with ``fixed_bytes`` (``record_fixed_bytes``), fit ``budget_mib``; at least one
+    sample."""
     need = per_sample_bytes
-    fits = max(1, int(budget_mib * MIB // need)) if need > 0 else batch
+    room = budget_mib * MIB - fixed_bytes
+    fits = max(1, int(room // need)) if need > 0 else batch
     if fits >= batch:
         return batch
     slices = math.ceil(batch / fits)
@@ -163,6 +176,23 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc ``malloc_trim``; a no-op
+    elsewhere): between micro-batches, so that one slice's freed activations, scattered among
+    the small tensors that outlive it, do not stay resident while the next slice runs."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def record_lines(meta: dict) -> list[str]:

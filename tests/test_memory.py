@@ -19,6 +19,7 @@ from gradflow.memory import (
     choose_micro_batch,
     default_batch_size,
     peak_rss_mib,
+    record_fixed_bytes,
     record_lines,
     reset_peak_rss,
     saved_bytes_per_sample,
@@ -106,6 +107,15 @@ def test_choose_micro_batch_against_a_fake_budget():
     assert choose_micro_batch(per_sample, 128, budget_mib=50) == 43  # 43 + 43 + 42
     assert choose_micro_batch(per_sample, 128, budget_mib=0.5) == 1  # never below one
     assert choose_micro_batch(0.0, 128, budget_mib=1) == 128
+    # the parameter gradients take their share first: 100 - 36 leaves room for 64 samples
+    assert choose_micro_batch(per_sample, 128, budget_mib=100, fixed_bytes=36 * MIB) == 64
+    assert choose_micro_batch(per_sample, 128, budget_mib=100, fixed_bytes=200 * MIB) == 1
+
+
+def test_record_fixed_bytes_are_two_copies_of_the_trainable_parameters():
+    model = nn.Sequential(nn.Linear(10, 5), nn.Linear(5, 3))
+    model[1].weight.requires_grad_(False)  # frozen: no gradient kept
+    assert record_fixed_bytes(model) == 2 * (10 * 5 + 5 + 3) * 4
 
 
 def test_default_batch_size_by_input_size():
