@@ -302,10 +302,12 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
     from .budget import spectra_plan
     from .inputs import batch_size
     from .memory import (
+        MAX_VECTORS_PER_CHUNK,
         choose_micro_batch,
         forward_gflop,
         record_fixed_bytes,
         saved_bytes_per_sample,
+        vectors_per_chunk,
     )
 
     total = batch_size(probe.inputs)
@@ -322,6 +324,11 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
         "saved_mib_per_sample": round(per_sample / 2**20, 3),
         "fixed_mib": round(fixed / 2**20, 1),
         "record_memory_mib": config.record_memory,
+        # vectors per batched spectra product on the whole net (a block or a shallower map:
+        # as many or more, up to MAX_VECTORS_PER_CHUNK), within the same budget
+        "product_vectors": vectors_per_chunk(
+            per_sample, MAX_VECTORS_PER_CHUNK, config.record_memory
+        ),
         "precheck_samples": precheck,
         "spectra": spectra_plan(probe.label, probe.model, probe.inputs, config, gflop),
     }
@@ -474,11 +481,12 @@ def add_whatif(result: AnalysisResult, config, specs: dict, probes: dict, data, 
 
 def _timed(phase: str, probe, config: AnalysisConfig, plan: dict, site):
     """``_measure`` with its wall time and the peak RSS while it ran (``gradflow.memory``)."""
-    from .memory import peak_rss_mib, reset_peak_rss
+    from .memory import memory_budget, peak_rss_mib, reset_peak_rss
 
     reset_peak_rss()
     started = time.perf_counter()
-    frame = _measure(phase, probe, config, plan, site)
+    with memory_budget(config.record_memory):  # the spectra products chunk to it too
+        frame = _measure(phase, probe, config, plan, site)
     seconds = round(time.perf_counter() - started, 2)
     return frame, {"seconds": seconds, "peak_rss_mib": round(peak_rss_mib())}
 

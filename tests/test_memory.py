@@ -89,14 +89,15 @@ def test_micro_batches_cover_the_batch_once():
 def test_saved_bytes_per_sample_counts_what_autograd_keeps():
     torch.manual_seed(0)
     # Linear (weight requires grad) saves its input: 100 floats per sample; Tanh its output:
-    # 200 floats. The weight itself does not grow with the batch and is not counted.
+    # 200 floats. The weight itself does not grow with the batch and is not counted. The
+    # backward's working set: two gradients the size of the largest (200 floats).
     model = nn.Sequential(nn.Linear(100, 200, bias=False), nn.Tanh())
     x = torch.randn(8, 100)
     with assert_unchanged(model):
-        assert saved_bytes_per_sample(model, x) == (100 + 200) * 4
+        assert saved_bytes_per_sample(model, x) == (100 + 200 + 2 * 200) * 4
     # each Tanh output is also the next Linear's input: one tensor, counted once
     deeper = nn.Sequential(*[nn.Sequential(nn.Linear(100, 100), nn.Tanh()) for _ in range(3)])
-    assert saved_bytes_per_sample(deeper, x) == (100 + 3 * 100) * 4
+    assert saved_bytes_per_sample(deeper, x) == (100 + 3 * 100 + 2 * 100) * 4
 
 
 def test_choose_micro_batch_against_a_fake_budget():
@@ -133,12 +134,18 @@ def test_analyze_micro_batches_within_the_budget_and_says_so():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4096), nn.ReLU(), nn.Linear(4096, 10))
     options = dict(input_shape="3,8,8", batch_size=1024, samples=1, k=2, progress=False)
     # saved per sample: the input (192 floats) and the ReLU output (4096 floats) and a few
-    # for the loss, ~17 KB: 1024 samples need ~16.8 MiB, so a 16 MiB budget takes 2 x 512
-    sliced = gf.analyze([("mlp", model)], record_memory=16, **options)
+    # for the loss, with two 4096-float gradients of the backward, ~50 KB: 1024 samples need
+    # ~48.8 MiB; with the gradients of the 0.8 M parameters (2 x 3.3 MB) a 48 MiB budget
+    # takes 2 x 512
+    sliced = gf.analyze([("mlp", model)], record_memory=48, **options)
     plan = sliced.meta["record"][0]
-    assert 16.3 < plan["saved_mib_per_sample"] * 1024 < 17.5
+    assert 48.5 < plan["saved_mib_per_sample"] * 1024 < 49.5
+    assert 6.0 < plan["fixed_mib"] < 6.5
     assert (plan["batch_size"], plan["micro_batches"], plan["micro_batch"]) == (1024, 2, 512)
     assert "fed in 2 micro-batches of at most 512" in record_lines(sliced.meta)[0]
+    # one vector of a whole-net product needs < 50 KB: 64 (the most) fit 48 MiB
+    assert plan["product_vectors"] == 64
+    assert "products on the whole net take 64 vectors at a time" in record_lines(sliced.meta)[0]
     full = gf.analyze([("mlp", model)], record_memory=64, **options)
     assert full.meta["record"][0]["micro_batches"] == 1
     # float32 sums over 1024 x 4096 values, accumulated in another order: rounding ~5e-5
