@@ -52,9 +52,12 @@ def main() -> None:
         run = run_one(model, extra)
         plans = {p["model"]: p for p in run["meta"].get("record", [])}
         plan = plans.get(model, {})
+        estimate = (plan.get("micro_batch") or 0) * (plan.get("saved_mib_per_sample") or 0)
+        estimate += plan.get("fixed_mib") or 0
         text = (
             f"batch {plan.get('batch_size')} in {plan.get('micro_batches')} x "
-            f"<= {plan.get('micro_batch')} ({plan.get('saved_mib_per_sample')} MiB/sample)"
+            f"<= {plan.get('micro_batch')} ({plan.get('saved_mib_per_sample')} MiB/sample, "
+            f"slice estimate {estimate:.0f} MiB, products of {plan.get('product_vectors')} vectors)"
         )
         for phase in run["meta"]["phase_seconds"]:
             print(

@@ -301,11 +301,19 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
     analyze writes it to meta["spectra"])."""
     from .budget import spectra_plan
     from .inputs import batch_size
-    from .memory import choose_micro_batch, forward_gflop, saved_bytes_per_sample
+    from .memory import (
+        MAX_VECTORS_PER_CHUNK,
+        choose_micro_batch,
+        forward_gflop,
+        record_fixed_bytes,
+        saved_bytes_per_sample,
+        vectors_per_chunk,
+    )
 
     total = batch_size(probe.inputs)
     per_sample = saved_bytes_per_sample(probe.model, probe.inputs, probe.targets, probe.loss_fn)
-    micro = choose_micro_batch(per_sample, total, config.record_memory)
+    fixed = record_fixed_bytes(probe.model)
+    micro = choose_micro_batch(per_sample, total, config.record_memory, fixed)
     gflop = forward_gflop(probe.model, probe.inputs)
     precheck = min(PRECHECK_SAMPLES, max(2, int(PRECHECK_GFLOP / max(gflop, 1e-9))), total)
     return {
@@ -314,7 +322,13 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
         "micro_batch": micro,
         "micro_batches": -(-total // micro),
         "saved_mib_per_sample": round(per_sample / 2**20, 3),
+        "fixed_mib": round(fixed / 2**20, 1),
         "record_memory_mib": config.record_memory,
+        # vectors per batched spectra product on the whole net (a block or a shallower map:
+        # as many or more, up to MAX_VECTORS_PER_CHUNK), within the same budget
+        "product_vectors": vectors_per_chunk(
+            per_sample, MAX_VECTORS_PER_CHUNK, config.record_memory
+        ),
         "precheck_samples": precheck,
         "spectra": spectra_plan(probe.label, probe.model, probe.inputs, config, gflop),
     }
@@ -467,11 +481,12 @@ def add_whatif(result: AnalysisResult, config, specs: dict, probes: dict, data, 
 
 def _timed(phase: str, probe, config: AnalysisConfig, plan: dict, site):
     """``_measure`` with its wall time and the peak RSS while it ran (``gradflow.memory``)."""
-    from .memory import peak_rss_mib, reset_peak_rss
+    from .memory import memory_budget, peak_rss_mib, reset_peak_rss
 
     reset_peak_rss()
     started = time.perf_counter()
-    frame = _measure(phase, probe, config, plan, site)
+    with memory_budget(config.record_memory):  # the spectra products chunk to it too
+        frame = _measure(phase, probe, config, plan, site)
     seconds = round(time.perf_counter() - started, 2)
     return frame, {"seconds": seconds, "peak_rss_mib": round(peak_rss_mib())}
 

@@ -26,24 +26,78 @@ spectra plan of ``gradflow.analyze`` scales by (the same number on any machine).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import re
 import resource
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .inputs import Inputs, batch_size, call_model, select_samples
 
 DEFAULT_BUDGET_MIB = 1024  # saved tensors of one record slice (the 2 GB goal, with margin)
 PROBE_SAMPLES = 2
+BACKWARD_COPIES = 2  # activation-sized tensors the backward holds beside the saved ones
 DEFAULT_BATCH = 128
 BATCH_INPUT_VALUES = 4 * DEFAULT_BATCH * 3 * 32 * 32  # 4 CIFAR batches of input values
 MIN_DEFAULT_BATCH = 8
 MIB = 2**20
+MAX_VECTORS_PER_CHUNK = 64  # vectors of one batched Jacobian product (torch.func.vmap chunk)
+
+
+class _CreatedStorages(TorchDispatchMode):
+    """The storages that the operations run inside create (an output sharing no input's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        given = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs))}
+        self.created.update(
+            ptr for t in _tensors(out) if (ptr := t.untyped_storage().data_ptr()) not in given
+        )
+        return out
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+
+def saved_bytes(run: Callable[[], Any], inputs: Any = ()) -> int:
+    """Bytes autograd saves for the backward while ``run()`` runs (grad enabled): each saved
+    tensor created inside it or among ``inputs`` counted once; weights, buffers and other
+    tensors that exist anyway are not (they do not grow with the batch or the vectors)."""
+    return sum(_saved_tensor_bytes(run, inputs))
+
+
+def _saved_tensor_bytes(run: Callable[[], Any], inputs: Any) -> list[int]:
+    """The sizes of the tensors ``saved_bytes`` counts."""
+    seen: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        seen[t.data_ptr(), t.numel()] = (ptr, t.numel() * t.element_size())
+        return t
+
+    given = {t.untyped_storage().data_ptr() for t in _tensors(inputs)}
+    created = _CreatedStorages()
+    saving = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with torch.enable_grad(), saving, created:
+        run()
+    keep = created.created | given
+    return [size for ptr, size in seen.values() if ptr in keep]
 
 
 def saved_bytes_per_sample(
@@ -52,8 +106,11 @@ def saved_bytes_per_sample(
     """Bytes autograd saves per sample in one forward (+ loss) of ``model`` on a tiny slice.
 
     Runs as the record pass does (input requiring grad; buffers and RNG restored after, no
-    backward, so nothing of the model changes); each saved tensor is counted once,
-    parameters and buffers not at all.
+    backward, so nothing of the model changes); ``saved_bytes`` counts, plus the backward's
+    working set: ``BACKWARD_COPIES`` copies of the largest saved tensor (the gradients at a
+    layer's output and at its input). With the allocator returning freed pages at once
+    (``MALLOC_MMAP_THRESHOLD_=131072``) a record pass peaks within ~1.1x of this count; glibc's
+    default keeps freed heap resident, up to ~1.5x on a shallow net (tests/test_memory_products).
     """
     from .inputs import first_float_tensor, replace_first_float
     from .losses import resolve_loss
@@ -62,34 +119,75 @@ def saved_bytes_per_sample(
 
     total = batch_size(inputs)
     part = slice(0, min(PROBE_SAMPLES, total))
-    count = part.stop
-    fixed = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: dict[tuple[int, int], int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in fixed:  # a view of the batch counts its size
-            seen[t.data_ptr(), t.numel()] = t.numel() * t.element_size()
-        return t
-
     tiny = select_samples(inputs, part)
     first = first_float_tensor(tiny)
     if first is not None:  # as record() does: the input's gradient is measured too
         tiny = replace_first_float(tiny, first.detach().requires_grad_(True))
-    saving = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-    with preserved_rng(), preserved_buffers(model), torch.enable_grad(), saving:
+    tiny_targets = slice_targets(targets, part, total)
+
+    def forward() -> None:
         output = call_model(model, tiny)
         if targets is not None or loss_fn is not None:
-            resolve_loss(loss_fn)(output, slice_targets(targets, part, total))
-    return sum(seen.values()) / count
+            resolve_loss(loss_fn)(output, tiny_targets)
+
+    with preserved_rng(), preserved_buffers(model):
+        sizes = _saved_tensor_bytes(forward, (tiny, tiny_targets))
+    return (sum(sizes) + BACKWARD_COPIES * max(sizes, default=0)) / part.stop
+
+
+def product_bytes_per_vector(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
+    """What one vector of a J V or J^T U product of ``fn`` at ``x`` needs, at most: the bytes
+    autograd saves in one forward of ``fn`` at ``x`` (every intermediate a tangent or a
+    cotangent passes through; a batched product holds one such copy per vector)."""
+    from .state import preserved_rng
+
+    point = x.detach().requires_grad_(True)
+    with preserved_rng():
+        return saved_bytes(lambda: fn(point), point)
+
+
+def vectors_per_chunk(bytes_per_vector: float, most: int, budget_mib: float | None = None) -> int:
+    """How many vectors a batched Jacobian product takes at once: as many as fit
+    ``budget_mib`` (default: the budget of ``memory_budget``, the record phase's) at
+    ``bytes_per_vector`` each, between 1 and ``most``; the same number on any machine."""
+    budget = _BUDGET.get() if budget_mib is None else budget_mib
+    if bytes_per_vector <= 0:
+        return most
+    return max(1, min(most, int(budget * MIB // bytes_per_vector)))
+
+
+_BUDGET: ContextVar[float] = ContextVar("gradflow_memory_budget", default=DEFAULT_BUDGET_MIB)
+
+
+@contextmanager
+def memory_budget(budget_mib: float) -> Iterator[None]:
+    """Within this block, batched Jacobian products chunk their vectors to ``budget_mib``
+    (``gradflow analyze --record-memory``: one budget for the record slices and the products)."""
+    token = _BUDGET.set(budget_mib)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def record_fixed_bytes(model: nn.Module) -> int:
+    """Bytes a record pass keeps whatever its slice: the gradients of the trainable parameters,
+    twice (one slice's, and their sum over the slices so far)."""
+    return 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def choose_micro_batch(
-    per_sample_bytes: float, batch: int, budget_mib: float = DEFAULT_BUDGET_MIB
+    per_sample_bytes: float,
+    batch: int,
+    budget_mib: float = DEFAULT_BUDGET_MIB,
+    fixed_bytes: float = 0.0,
 ) -> int:
     """The largest slice of ``batch`` (the whole batch, else an even split) whose saved
-    tensors fit ``budget_mib``; at least one sample."""
+    tensors, with ``fixed_bytes`` (``record_fixed_bytes``), fit ``budget_mib``; at least one
+    sample."""
     need = per_sample_bytes
-    fits = max(1, int(budget_mib * MIB // need)) if need > 0 else batch
+    room = budget_mib * MIB - fixed_bytes
+    fits = max(1, int(room // need)) if need > 0 else batch
     if fits >= batch:
         return batch
     slices = math.ceil(batch / fits)
@@ -165,6 +263,23 @@ def reset_peak_rss() -> bool:
     return True
 
 
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc ``malloc_trim``; a no-op
+    elsewhere): between micro-batches, so that one slice's freed activations, scattered among
+    the small tensors that outlive it, do not stay resident while the next slice runs."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def record_lines(meta: dict) -> list[str]:
     """One sentence per analysed (model, step) on its record batch (meta.json's ``record``)."""
     lines = []
@@ -178,6 +293,12 @@ def record_lines(meta: dict) -> list[str]:
         lines.append(
             f"Record batch of {plan['model']}{step}: {plan['batch_size']} samples fed {fed} "
             f"({plan['saved_mib_per_sample']:.3g} MiB of saved activations per sample, "
-            f"budget {plan['record_memory_mib']} MiB)."
+            f"budget {plan['record_memory_mib']} MiB)"
+            + (
+                f"; spectra products on the whole net take {plan['product_vectors']} vectors "
+                "at a time."
+                if "product_vectors" in plan
+                else "."
+            )
         )
     return lines

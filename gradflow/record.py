@@ -46,6 +46,7 @@ from .inputs import (
     select_samples,
 )
 from .losses import resolve_loss
+from .memory import release_free_memory
 from .probes import (
     DEFAULT_PROBES,
     QUANTITIES,
@@ -607,6 +608,7 @@ def record(
             )
             weight = (part.stop - part.start) / total if recorder.mean_reduced else 1.0
             grads = _one_pass(model, xs, ys, loss_of, named, backward, weight)
+            release_free_memory()  # the slice's activations: not resident while the next runs
             for name, grad in grads.items():
                 summed[name] = summed[name] + grad if name in summed else grad
         if len(slices) > 1 and recorder.mean_reduced:

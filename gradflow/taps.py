@@ -159,31 +159,32 @@ class ResidualTap:
         y = output if isinstance(output, Tensor) else first_float(output)
         if not isinstance(y, Tensor):
             return
-        if call.mode is None:  # difference: F = y - x, u = y, S = identity
-            if self.branch_stats is not None and call.x is not None:
-                self.on_branch(call.key, self.branch_stats(y.detach() - call.x.detach()))
-            shortcut, u = call.x, y
+        x, mode = call.x, call.mode
+        call.x = call.mode = None  # x's hook holds call: a tensor in it would be a leaked cycle
+        if mode is None:  # difference: F = y - x, u = y, S = identity
+            if self.branch_stats is not None and x is not None:
+                self.on_branch(call.key, self.branch_stats(y.detach() - x.detach()))
+            shortcut, u = x, y
         else:
-            if call.mode.branch is not None:
-                self.on_branch(call.key, call.mode.branch)
-            shortcut, u = call.mode.shortcut, call.mode.tap
-        if self.on_split is not None and call.x is not None and u is not None and u.requires_grad:
-            u.register_hook(lambda g, c=call, s=shortcut: self._on_sum_grad(c, s, g))
+            if mode.branch is not None:
+                self.on_branch(call.key, mode.branch)
+            shortcut, u = mode.shortcut, mode.tap
+            mode.shortcut = mode.tap = mode.branch = None
+        if self.on_split is not None and x is not None and u is not None and u.requires_grad:
+            u.register_hook(lambda g, c=call, s=shortcut, x=x: self._on_sum_grad(c, s, x, g))
 
-    def _on_sum_grad(self, call: BlockCall, shortcut: Tensor | None, grad_u: Tensor) -> None:
+    def _on_sum_grad(self, call: BlockCall, shortcut: Tensor | None, x: Tensor, grad_u) -> None:
         if not self.active():
             return
-        if shortcut is call.x:
+        if shortcut is x:
             call.shortcut_part = grad_u
             return
         call.inner = True
         try:
-            (part,) = torch.autograd.grad(
-                shortcut, call.x, grad_u, retain_graph=True, allow_unused=True
-            )
+            (part,) = torch.autograd.grad(shortcut, x, grad_u, retain_graph=True, allow_unused=True)
         finally:
             call.inner = False
-        call.shortcut_part = torch.zeros_like(call.x) if part is None else part
+        call.shortcut_part = torch.zeros_like(x) if part is None else part
 
     def _on_input_grad(self, call: BlockCall, grad_x: Tensor) -> None:
         if call.inner or call.shortcut_part is None or not self.active():

@@ -3,7 +3,9 @@ saved bytes per sample and the budget, the default batch from the input size; me
 
 from __future__ import annotations
 
+import gc
 import mmap
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,7 @@ from gradflow.memory import (
     choose_micro_batch,
     default_batch_size,
     peak_rss_mib,
+    record_fixed_bytes,
     record_lines,
     reset_peak_rss,
     saved_bytes_per_sample,
@@ -86,14 +89,15 @@ def test_micro_batches_cover_the_batch_once():
 def test_saved_bytes_per_sample_counts_what_autograd_keeps():
     torch.manual_seed(0)
     # Linear (weight requires grad) saves its input: 100 floats per sample; Tanh its output:
-    # 200 floats. The weight itself does not grow with the batch and is not counted.
+    # 200 floats. The weight itself does not grow with the batch and is not counted. The
+    # backward's working set: two gradients the size of the largest (200 floats).
     model = nn.Sequential(nn.Linear(100, 200, bias=False), nn.Tanh())
     x = torch.randn(8, 100)
     with assert_unchanged(model):
-        assert saved_bytes_per_sample(model, x) == (100 + 200) * 4
+        assert saved_bytes_per_sample(model, x) == (100 + 200 + 2 * 200) * 4
     # each Tanh output is also the next Linear's input: one tensor, counted once
     deeper = nn.Sequential(*[nn.Sequential(nn.Linear(100, 100), nn.Tanh()) for _ in range(3)])
-    assert saved_bytes_per_sample(deeper, x) == (100 + 3 * 100) * 4
+    assert saved_bytes_per_sample(deeper, x) == (100 + 3 * 100 + 2 * 100) * 4
 
 
 def test_choose_micro_batch_against_a_fake_budget():
@@ -104,6 +108,15 @@ def test_choose_micro_batch_against_a_fake_budget():
     assert choose_micro_batch(per_sample, 128, budget_mib=50) == 43  # 43 + 43 + 42
     assert choose_micro_batch(per_sample, 128, budget_mib=0.5) == 1  # never below one
     assert choose_micro_batch(0.0, 128, budget_mib=1) == 128
+    # the parameter gradients take their share first: 100 - 36 leaves room for 64 samples
+    assert choose_micro_batch(per_sample, 128, budget_mib=100, fixed_bytes=36 * MIB) == 64
+    assert choose_micro_batch(per_sample, 128, budget_mib=100, fixed_bytes=200 * MIB) == 1
+
+
+def test_record_fixed_bytes_are_two_copies_of_the_trainable_parameters():
+    model = nn.Sequential(nn.Linear(10, 5), nn.Linear(5, 3))
+    model[1].weight.requires_grad_(False)  # frozen: no gradient kept
+    assert record_fixed_bytes(model) == 2 * (10 * 5 + 5 + 3) * 4
 
 
 def test_default_batch_size_by_input_size():
@@ -121,12 +134,18 @@ def test_analyze_micro_batches_within_the_budget_and_says_so():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4096), nn.ReLU(), nn.Linear(4096, 10))
     options = dict(input_shape="3,8,8", batch_size=1024, samples=1, k=2, progress=False)
     # saved per sample: the input (192 floats) and the ReLU output (4096 floats) and a few
-    # for the loss, ~17 KB: 1024 samples need ~16.8 MiB, so a 16 MiB budget takes 2 x 512
-    sliced = gf.analyze([("mlp", model)], record_memory=16, **options)
+    # for the loss, with two 4096-float gradients of the backward, ~50 KB: 1024 samples need
+    # ~48.8 MiB; with the gradients of the 0.8 M parameters (2 x 3.3 MB) a 48 MiB budget
+    # takes 2 x 512
+    sliced = gf.analyze([("mlp", model)], record_memory=48, **options)
     plan = sliced.meta["record"][0]
-    assert 16.3 < plan["saved_mib_per_sample"] * 1024 < 17.5
+    assert 48.5 < plan["saved_mib_per_sample"] * 1024 < 49.5
+    assert 6.0 < plan["fixed_mib"] < 6.5
     assert (plan["batch_size"], plan["micro_batches"], plan["micro_batch"]) == (1024, 2, 512)
     assert "fed in 2 micro-batches of at most 512" in record_lines(sliced.meta)[0]
+    # one vector of a whole-net product needs < 50 KB: 64 (the most) fit 48 MiB
+    assert plan["product_vectors"] == 64
+    assert "products on the whole net take 64 vectors at a time" in record_lines(sliced.meta)[0]
     full = gf.analyze([("mlp", model)], record_memory=64, **options)
     assert full.meta["record"][0]["micro_batches"] == 1
     # float32 sums over 1024 x 4096 values, accumulated in another order: rounding ~5e-5
@@ -145,3 +164,26 @@ def test_peak_rss_restarts_and_sees_an_allocation():
     block.write(b"\x01" * (64 * MIB))
     assert peak_rss_mib() >= before + 48
     block.close()
+
+
+@pytest.mark.parametrize("micro", [None, 2])
+def test_record_keeps_no_activation_alive_after_it_returns(micro):
+    # the split taps' hooks once held the block input in a cycle through autograd's C++ graph
+    # (invisible to the garbage collector): every micro-batch leaked one activation per block
+    model = gf.create_model("resnet20").eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+    seen = []
+    blocks = [model.stage1[0], model.stage2[0], model.stage3[2]]  # identity and padded skips
+    handles = [
+        b.register_forward_pre_hook(lambda m, a: seen.append(weakref.ref(a[0]))) for b in blocks
+    ]
+    try:
+        frame = record(model, x, y, micro_batch=micro)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert (frame["quantity"] == "shortcut_grad_share").any()
+    gc.collect()
+    assert len(seen) == len(blocks) * (1 if micro is None else 2)
+    assert [ref() for ref in seen] == [None] * len(seen)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
 from ..errors import UserInputError
+from ..memory import MAX_VECTORS_PER_CHUNK, product_bytes_per_vector, vectors_per_chunk
 
 TensorFunction = Callable[[Tensor], Tensor]
 ROUTES = ("forward", "double_vjp")
@@ -166,15 +167,34 @@ class TransposedOperator(RowOperator):
         return self.operator.matmat_rows(vectors)
 
 
+def _bytes_per_vector(fn: TensorFunction, x: Tensor) -> int:
+    """``gradflow.memory.product_bytes_per_vector``, 0 (unknown) where fn fails under plain
+    autograd although torch.func ran it."""
+    try:
+        return product_bytes_per_vector(fn, x)
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
 class JacobianOperator(RowOperator):
     """J = d fn / d x at x (shape (m, n) with n = x.numel(), m = fn(x).numel()), matrix-free.
 
     ``route``: how J v is computed, "forward" (linearised jvp) or "double_vjp" (when fn has an
     operation without forward-mode AD; chosen on the first product, with one warning), or
     None before the first J v. ``products`` counts single Jacobian(-transpose)-vector products.
+    Batched products take ``chunk_size`` vectors at a time: at most the given number, fewer
+    where that many would not fit ``budget_mib`` at ``bytes_per_vector`` each
+    (``gradflow.memory.vectors_per_chunk``; default budget: ``memory_budget``'s). Chunking
+    changes no value beyond float rounding.
     """
 
-    def __init__(self, fn: TensorFunction, x: Tensor, chunk_size: int = 64) -> None:
+    def __init__(
+        self,
+        fn: TensorFunction,
+        x: Tensor,
+        chunk_size: int = MAX_VECTORS_PER_CHUNK,
+        budget_mib: float | None = None,
+    ) -> None:
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise UserInputError("the point x must be a floating-point torch.Tensor")
         if not torch.isfinite(x).all():
@@ -203,7 +223,8 @@ class JacobianOperator(RowOperator):
         self.m = output.numel()
         self.shape = (self.m, self.n)
         self.dtype = self.x.dtype
-        self.chunk_size = chunk_size
+        self.bytes_per_vector = _bytes_per_vector(fn, self.x)
+        self.chunk_size = vectors_per_chunk(self.bytes_per_vector, chunk_size, budget_mib)
         self.products = 0
         self.route: str | None = None
         self._tangent: Callable[[Tensor], Tensor] | None = None
