@@ -53,9 +53,12 @@ from ..structure import Structure, build
 from ..trace import capture
 from .cumulative import cumulative_singular_values
 from .density import frobenius_norm
+from .frozen import freeze_batch_norms
 from .solvers import DENSE_AUTO_LIMIT, route, singular_values
 
 BN_MODES = ("calibrate", "eval", "train")
+DEFAULT_MATVECS = 128  # block_spectra's max_matvecs
+WALK_ROUNDS = 30  # the walk's expansion rounds per depth at max_matvecs=DEFAULT_MATVECS
 COLUMNS = [
     "model", "depth", "block", "stage", "operator", "sample", "index", "sigma",
     "error", "method", "converged", "dim", "mean_sq_estimate", "prod_from",
@@ -95,45 +98,6 @@ def _prepare(twin: nn.Module, x: Inputs, bn: str) -> nn.Module:
             norm.running_mean = norm.running_var = norm.num_batches_tracked = None
         return twin.train()
     return twin.eval()
-
-
-class FrozenNorm(nn.Module):
-    """An eval-mode BatchNorm as the per-channel affine map it is, z * scale + shift with
-    scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale: the same
-    function (to rounding), whose forward-mode derivative is two elementwise ops (torch's jvp of
-    batch_norm runs a decomposition, ~40% of the walk's time, and imports torch._dynamo)."""
-
-    def __init__(self, norm: nn.modules.batchnorm._BatchNorm) -> None:
-        super().__init__()
-        with torch.no_grad():
-            var = norm.running_var.to(torch.float64)
-            scale = torch.rsqrt(var + norm.eps)
-            weight = norm.weight if norm.affine else None
-            scale = scale * weight.to(torch.float64) if weight is not None else scale
-            shift = -norm.running_mean.to(torch.float64) * scale
-            shift = shift + norm.bias.to(torch.float64) if norm.affine else shift
-        dtype = norm.running_mean.dtype
-        self.register_buffer("scale", scale.to(dtype), persistent=False)
-        self.register_buffer("shift", shift.to(dtype), persistent=False)
-
-    def forward(self, z: Tensor) -> Tensor:
-        view = (-1,) + (1,) * (z.dim() - 2)  # channels on dim 1, as BatchNorm{1,2,3}d
-        return z * self.scale.view(view) + self.shift.view(view)
-
-
-def freeze_batch_norms(module: nn.Module) -> int:
-    """Replace, in place, every eval-mode BatchNorm with running statistics by its
-    ``FrozenNorm`` (only in gradflow's private copy, after ``gradflow.structure`` has read
-    it); the number replaced."""
-    count = 0
-    for name, child in list(module.named_children()):
-        usable = isinstance(child, nn.modules.batchnorm._BatchNorm) and not child.training
-        if usable and child.track_running_stats and child.running_mean is not None:
-            setattr(module, name, FrozenNorm(child))
-            count += 1
-        else:
-            count += freeze_batch_norms(child)
-    return count
 
 
 def _private_structure(model, x: Inputs, bn: str, blocks, stem) -> Structure:
@@ -237,7 +201,7 @@ def block_spectra(
     which: str = "both",
     method: str = "auto",
     tol: float = 1e-2,
-    max_matvecs: int = 128,
+    max_matvecs: int = DEFAULT_MATVECS,
     operators: Sequence[str] = ("block", "prod"),
     prod_from: str = "input",
     bn: str = "calibrate",
@@ -256,8 +220,9 @@ def block_spectra(
     and ``converged`` flag, and ``mean_sq_estimate`` = Hutchinson ||J||_F^2 / dim from
     ``hutchinson`` Gaussian probes (0 to skip). For ``which="largest"`` or ``"both"`` the
     ``prod`` spectra of all depths come from one walk (``cumulative_singular_values``: forward
-    cost linear in depth, one certificate block per depth; ``method="walk"`` asks for it
-    explicitly, top only) wherever block l is fed by block l - 1; ``"smallest"`` (and models
+    cost linear in depth, one certificate block per depth, expansion rounds per depth
+    ``WALK_ROUNDS`` scaled by max_matvecs / 128; ``method="walk"`` asks for it explicitly, top
+    only) wherever block l is fed by block l - 1; ``"smallest"`` (and models
     whose blocks are not a chain) solve each depth's map on its own (warm-started), whose cost
     grows with depth x depth: use a subset of depths for deep nets. Bottom values (``"both"``)
     are the smallest Ritz values of the Krylov space (or walk basis) that certified the top:
@@ -296,7 +261,7 @@ def block_spectra(
     chosen = _resolve_depths(depths, [(b.path, b) for b in st.blocks])
     chain = _is_chain(st, x, stem)
     if chain and bn != "train":  # chains call their modules only (no traced add to read)
-        freeze_batch_norms(st.model)
+        freeze_batch_norms(st.model, select_samples(x, 0))
     probes = [(i, select_samples(x, i)) for i in range(min(samples, count))]
     if bn == "train":
         probes = [(-1, x)]
@@ -406,6 +371,7 @@ def _sample_rows(st: Structure, at: _Point, chosen, operators, options, hutchins
             at.steps, at.start, k=options["k"], depths=chosen, tol=options["tol"],
             hutchinson=hutchinson if hutchinson >= 2 else 0, seed=options["seed"],
             bottom=options["k"] if which == "both" else 0,
+            max_rounds=max(1, round(WALK_ROUNDS * options["max_matvecs"] / DEFAULT_MATVECS)),
         )  # fmt: skip
         for depth, result in walk.items():
             add(result, "prod", depth, result.mean_sq_estimate)
