@@ -81,9 +81,13 @@ def test_freeze_batch_norms_folds_a_norm_into_the_conv_that_alone_feeds_it(dtype
     model = model.to(dtype).eval().requires_grad_(False)
     x = torch.randn(2, 3, 5, 5, dtype=dtype)
     twin = copy.deepcopy(model)
+    scale = 1e-5 if dtype == torch.float32 else 1e-12
     assert freeze_batch_norms(twin, x[:1]) == {"folded": 1, "frozen": 2}
     assert isinstance(twin.bn1, nn.Identity) and isinstance(twin.bn2, FrozenNorm)
-    scale = 1e-5 if dtype == torch.float32 else 1e-12
+    only = copy.deepcopy(model)
+    assert freeze_batch_norms(only, x[:1], replace_rest=False) == {"folded": 1, "frozen": 0}
+    assert isinstance(only.bn2, nn.BatchNorm2d)
+    torch.testing.assert_close(only(x), model(x), rtol=scale, atol=scale)
     torch.testing.assert_close(twin(x), model(x), rtol=scale, atol=scale)
     expected = torch.func.jacrev(model)(x[:1])
     torch.testing.assert_close(torch.func.jacrev(twin)(x[:1]), expected, rtol=scale, atol=scale)

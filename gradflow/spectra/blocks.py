@@ -260,8 +260,9 @@ def block_spectra(
     st = _private_structure(model, x, bn, blocks, stem)
     chosen = _resolve_depths(depths, [(b.path, b) for b in st.blocks])
     chain = _is_chain(st, x, stem)
-    if chain and bn != "train":  # chains call their modules only (no traced add to read)
-        freeze_batch_norms(st.model, select_samples(x, 0))
+    if bn != "train":  # a conv-fed norm folds into its conv (no new op); the other norms
+        # become FrozenNorm only on chains, which read no traced addition (J_F routes)
+        freeze_batch_norms(st.model, select_samples(x, 0), replace_rest=chain)
     probes = [(i, select_samples(x, i)) for i in range(min(samples, count))]
     if bn == "train":
         probes = [(-1, x)]

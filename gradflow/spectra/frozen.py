@@ -69,13 +69,16 @@ def _foldable_pairs(model: nn.Module, inputs: Inputs) -> list[tuple[nn.Module, n
     graph of that forward: the convolution's node has one consumer, the norm's node)."""
     norms, calls, seen = _frozen_norms(model), Counter(), {}
     convs = [m for m in model.modules() if type(m) in CONVOLUTIONS]
+    start = first_float_tensor(inputs)
+    if not norms or not convs or start is None:  # nothing to fold (no forward spent)
+        return []
 
     def remember(module, args, output):
         calls[id(module)] += 1
         seen[id(module)] = (args[0] if args else None, output)
 
     handles = [m.register_forward_hook(remember) for m in [*convs, *norms]]
-    leaf = first_float_tensor(inputs).detach().requires_grad_(True)
+    leaf = start.detach().requires_grad_(True)
     try:
         with torch.enable_grad():
             output = call_model(model, replace_first_float(inputs, leaf))
@@ -130,16 +133,21 @@ def _replace(module: nn.Module, old: dict[int, nn.Module]) -> None:
             _replace(child, old)
 
 
-def freeze_batch_norms(model: nn.Module, inputs: Inputs | None = None) -> dict[str, int]:
+def freeze_batch_norms(
+    model: nn.Module, inputs: Inputs | None = None, *, replace_rest: bool = True
+) -> dict[str, int]:
     """Every eval-mode BatchNorm with running statistics of ``model`` (a private copy), in
     place: folded into the convolution feeding it (``inputs`` given: the checks of
-    ``_foldable_pairs``), else replaced by its ``FrozenNorm``. Counts of each."""
+    ``_foldable_pairs``), else (``replace_rest``) replaced by its ``FrozenNorm``, whose
+    elementwise ops a caller that counts a block's additions must not see. Counts of each."""
     pairs = _foldable_pairs(model, inputs) if inputs is not None else []
     for conv, norm in pairs:
         _fold(conv, norm)
     folded = {id(norm) for _, norm in pairs}
     replacement = {
-        id(n): nn.Identity() if id(n) in folded else FrozenNorm(n) for n in _frozen_norms(model)
+        id(n): nn.Identity() if id(n) in folded else FrozenNorm(n)
+        for n in _frozen_norms(model)
+        if id(n) in folded or replace_rest
     }
     _replace(model, replacement)
     return {"folded": len(folded), "frozen": len(replacement) - len(folded)}
