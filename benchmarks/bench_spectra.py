@@ -35,6 +35,10 @@ from gradflow.spectra import (
 )
 
 K = 16
+# svds(solver="propack") runs PROPACK's lansvd without restarts: its basis (``maxiter`` =
+# kmax, default 10 k = 160) must hold the whole Krylov space; 160 failed on both maps
+# (LinAlgError: k=16 triplets did not converge within kmax=160), so it gets 40 k.
+PROPACK_KMAX = 40 * K
 
 
 def timed(work, *args, **kwargs):
@@ -83,7 +87,9 @@ def scipy_top(solver: str, fn, x, v0=None, tol=None) -> tuple[np.ndarray, np.nda
         values = np.sqrt(np.clip(eigenvalues[order], 0, None))
         return values, vectors[:, order[0]], operator.products
     if solver == "propack":  # PROPACK's v0 lives on the left: solve the transpose
-        u, s, _ = svds(linear.T, k=K, solver="propack", v0=v0, rng=rng, **_tol(tol))
+        u, s, _ = svds(
+            linear.T, k=K, solver="propack", v0=v0, rng=rng, maxiter=PROPACK_KMAX, **_tol(tol)
+        )
         order = np.argsort(s)[::-1]
         return s[order], u[:, order[0]], operator.products
     _, s, vt = svds(linear, k=K, solver="arpack", v0=v0, rng=rng, **_tol(tol or 1e-5))

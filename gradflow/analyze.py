@@ -380,6 +380,7 @@ def _measure(phase: str, probe, config: AnalysisConfig, plan: dict, site) -> pd.
         depths=spectra["depths"],
         samples=spectra["samples"],
         which=spectra["which"],
+        max_matvecs=spectra["max_matvecs"],
         model_name=label,
         seed=config.seed,
     )
@@ -495,18 +496,6 @@ def _all_finite(frame: pd.DataFrame) -> bool:
     import numpy as np
 
     return bool(np.isfinite(frame["value"].to_numpy(dtype=float)).all())
-
-
-def parse_depths(depths: str) -> str | list[int]:
-    """--depths: "auto", "all" or a comma list of 1-based block numbers."""
-    if depths in ("auto", "all"):
-        return depths
-    try:
-        return [int(d) for d in depths.split(",") if d.strip()]
-    except ValueError:
-        raise ParameterError(
-            "depths", f"depths {depths!r}: use auto, all or block numbers like 1,9,18,27"
-        ) from None
 
 
 def parse_device(name: str) -> torch.device:

@@ -14,10 +14,15 @@ the choice to gradflow (``samples=None``, ``which="auto"``), the plan
    values are certified to ``tol``; a chain of blocks gets every depth's product from one walk).
    The smallest values would spend the whole Krylov budget on each operator and, at these
    sizes, end as unconverged Ritz upper bounds; they are *not measured* then: the frame has no
-   bottom rows and the summary's prod_smallest and condition number are NaN, not a bound.
+   bottom rows and the summary's prod_smallest and condition number are NaN, not a bound;
+3. (all three of ``--samples``, ``--which``, ``--depths`` left to gradflow) measures the first
+   and the last block only (the walk and the block operators of the depths between go), then
+4. cuts the Krylov budget of each block operator (``max_matvecs``, at least
+   ``MIN_KRYLOV_PRODUCTS``) to fit: values it cannot certify to the tolerance are reported as
+   unconverged with their bounds (e.g. 200k-800k-dim blocks of resnet50 at 3x224x224).
 
 What was used and why is in ``meta["spectra"]`` and in the report; a value the user gives
-(``--samples``, ``--which``) is always used as given.
+(``--samples``, ``--which``, ``--depths``) is always used as given.
 """
 
 from __future__ import annotations
@@ -26,40 +31,67 @@ from typing import Any
 
 from torch import nn
 
+from .errors import ParameterError
 from .inputs import Inputs, batch_size, select_samples
 
 SPECTRA_BUDGET_GFLOP = 200.0  # resnet56 at 3x32x32 by default: 150; resnet50 at 224: 6200
 DEFAULT_SAMPLES = 2
 KRYLOV_PRODUCTS = {"both": 128, "largest": 96}  # per operator: the budget; a top-8 solve: 62-108
 STRUCTURE_SAMPLES = 2
+# The smallest Krylov budget the plan cuts to: a top-8 Golub-Kahan solve spends >= 2 k + 2
+# products before its first certificate (an unconverged value keeps its honest bound).
+MIN_KRYLOV_PRODUCTS = 32
+BLOCK_MAX_MATVECS = 128  # block_spectra's default cap, used unless the plan cuts it
+
+
+def parse_depths(depths: str) -> str | list[int]:
+    """--depths: "auto", "all" or a comma list of 1-based block numbers."""
+    if depths in ("auto", "all"):
+        return depths
+    try:
+        return [int(d) for d in depths.split(",") if d.strip()]
+    except ValueError:
+        raise ParameterError(
+            "depths", f"depths {depths!r}: use auto, all or block numbers like 1,9,18,27"
+        ) from None
 
 
 def operator_maps(model: nn.Module, inputs: Inputs, depths: Any) -> tuple[float, list[int], int]:
     """(N, depths, L): the whole-net maps of the block and product operators at ``depths``
     (``gradflow.spectra.blocks``' rule on ``gradflow.structure`` of two samples)."""
+    per_block, chosen = _blocks(model, inputs, depths)
+    return _maps(per_block, chosen), chosen, len(per_block)
+
+
+def _blocks(model: nn.Module, inputs: Inputs, depths: Any) -> tuple[list[int], list[int]]:
+    """(operators per block: 2 residual, 1 plain; the depths ``depths`` resolves to)."""
     from .spectra.blocks import _resolve_depths
     from .structure import structure
 
     found = structure(model, select_samples(inputs, slice(0, STRUCTURE_SAMPLES)))
     blocks = found.blocks
     chosen = _resolve_depths(depths, [(b.path, b) for b in blocks])
-    count = len(blocks)
-    per_block = [2 if b.kind == "residual" else 1 for b in blocks]
-    maps = sum(per_block[d - 1] / count + d / count for d in chosen)
-    return maps, chosen, count
+    return [2 if b.kind == "residual" else 1 for b in blocks], chosen
+
+
+def _maps(per_block: list[int], chosen: list[int]) -> float:
+    """A block operator counts 1/L of the net, the product to depth d counts d/L."""
+    count = len(per_block)
+    return sum(per_block[d - 1] / count + d / count for d in chosen)
 
 
 def spectra_plan(label: str, model: nn.Module, inputs: Inputs, config, gflop: float) -> dict:
-    """Samples and ``which`` of one model's spectra within ``SPECTRA_BUDGET_GFLOP`` (module doc)."""
-    from .analyze import parse_depths
-
-    maps, chosen, count = operator_maps(model, inputs, parse_depths(config.depths))
+    """Samples, ``which``, depths and Krylov budget of one model's spectra within
+    ``SPECTRA_BUDGET_GFLOP`` (module doc)."""
+    per_block, chosen = _blocks(model, inputs, parse_depths(config.depths))
+    count = len(per_block)
     samples = config.samples or DEFAULT_SAMPLES
     samples = min(samples, batch_size(inputs))
     which = "both" if config.which == "auto" else config.which
+    products, cap = KRYLOV_PRODUCTS[which], BLOCK_MAX_MATVECS
 
     def estimate() -> float:
-        return samples * KRYLOV_PRODUCTS[which] * gflop * maps
+        return samples * products * gflop * _maps(per_block, chosen)
 
     default = round(estimate(), 1)
     reduced = []
@@ -67,6 +99,19 @@ def spectra_plan(label: str, model: nn.Module, inputs: Inputs, config, gflop: fl
         samples, reduced = 1, [*reduced, f"samples {DEFAULT_SAMPLES} -> 1"]
     if config.which == "auto" and estimate() > SPECTRA_BUDGET_GFLOP:
         which, reduced = "largest", [*reduced, "which both -> largest (smallest not measured)"]
+        products = KRYLOV_PRODUCTS[which]
+    automatic = config.samples is None and config.which == "auto" and config.depths == "auto"
+    if automatic and estimate() > SPECTRA_BUDGET_GFLOP and len(chosen) > 2:
+        before, chosen = chosen, [chosen[0], chosen[-1]]
+        reduced = [*reduced, f"depths {_listed(before)} -> {_listed(chosen)}"]
+    if automatic and estimate() > SPECTRA_BUDGET_GFLOP:
+        fitted = products * SPECTRA_BUDGET_GFLOP / estimate()
+        products = cap = max(MIN_KRYLOV_PRODUCTS, 2 * int(fitted // 2))
+        reduced = [
+            *reduced,
+            f"Krylov budget {BLOCK_MAX_MATVECS} -> {cap} products per operator (a value it "
+            "cannot certify to the tolerance is marked unconverged, with its bound)",
+        ]
     return {
         "model": label,
         "samples": samples,
@@ -74,13 +119,18 @@ def spectra_plan(label: str, model: nn.Module, inputs: Inputs, config, gflop: fl
         "k": config.k,
         "depths": chosen,
         "blocks": count,
+        "max_matvecs": cap,
         "forward_gflop_per_sample": round(gflop, 3),
-        "whole_net_maps": round(maps, 3),
+        "whole_net_maps": round(_maps(per_block, chosen), 3),
         "default_estimate_gflop": default,
         "estimate_gflop": round(estimate(), 1),
         "budget_gflop": SPECTRA_BUDGET_GFLOP,
         "reduced": reduced,
     }
+
+
+def _listed(depths: list[int]) -> str:
+    return ",".join(str(d) for d in depths)
 
 
 def spectra_lines(meta: dict) -> list[str]:

@@ -45,6 +45,7 @@ def test_the_zoo_cifar_nets_get_the_default_plan():
     plan = budget.spectra_plan("resnet56", model, x, config(), forward_gflop(model, x))
     assert (plan["samples"], plan["which"], plan["reduced"]) == (2, "both", [])
     assert plan["depths"] == [1, 9, 18, 27] and plan["blocks"] == 27
+    assert plan["max_matvecs"] == 128  # block_spectra's default
     assert plan["estimate_gflop"] == plan["default_estimate_gflop"] < plan["budget_gflop"]
     assert plan["forward_gflop_per_sample"] == pytest.approx(0.251, abs=1e-3)
 
@@ -58,8 +59,14 @@ def test_an_imagenet_net_at_224_is_planned_within_the_budget_and_says_so():
     assert plan["forward_gflop_per_sample"] == pytest.approx(2 * 1.814, rel=0.02)
     assert plan["default_estimate_gflop"] > 10 * plan["budget_gflop"]
     assert (plan["samples"], plan["which"]) == (1, "largest")
-    assert plan["reduced"] == ["samples 2 -> 1", "which both -> largest (smallest not measured)"]
-    assert plan["depths"] == [1, 2, 4, 6, 8]
+    assert plan["reduced"][:3] == [
+        "samples 2 -> 1",
+        "which both -> largest (smallest not measured)",
+        "depths 1,2,4,6,8 -> 1,8",  # the first and the last block only
+    ]
+    assert plan["reduced"][3].startswith("Krylov budget 128 -> 34 products per operator")
+    assert plan["depths"] == [1, 8] and plan["max_matvecs"] == 34
+    assert plan["estimate_gflop"] <= plan["budget_gflop"]  # the cut Krylov budget fits
     (line,) = budget.spectra_lines({"spectra": [plan]})
     assert "resnet18" in line and "--samples and --which both" in line
 
@@ -93,6 +100,7 @@ def test_a_reduced_plan_is_in_meta_report_and_verdict(monkeypatch, tmp_path):
         result = analyze({"tiny": model}, **options)
     (plan,) = result.meta["spectra"]
     assert (plan["samples"], plan["which"]) == (1, "largest")
+    assert plan["depths"] == [1, 3] and plan["max_matvecs"] == budget.MIN_KRYLOV_PRODUCTS
     spectra = result.spectra
     assert set(spectra["sample"]) == {0}
     assert (spectra["index"] < 2).all()  # the top 2 only: no bottom rows
@@ -105,6 +113,7 @@ def test_a_reduced_plan_is_in_meta_report_and_verdict(monkeypatch, tmp_path):
     html = (result.save(tmp_path / "report") / "report.html").read_text()
     assert "the 2 largest singular values per operator" in html
     assert "which both -&gt; largest" in html or "which both -> largest" in html
+    assert "Krylov budget 128 -&gt; 32" in html or "Krylov budget 128 -> 32" in html
 
 
 def test_the_default_plan_keeps_both_ends_and_two_samples():

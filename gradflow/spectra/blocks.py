@@ -53,9 +53,12 @@ from ..structure import Structure, build
 from ..trace import capture
 from .cumulative import cumulative_singular_values
 from .density import frobenius_norm
+from .frozen import freeze_batch_norms
 from .solvers import DENSE_AUTO_LIMIT, route, singular_values
 
 BN_MODES = ("calibrate", "eval", "train")
+DEFAULT_MATVECS = 128  # block_spectra's max_matvecs
+WALK_ROUNDS = 30  # the walk's expansion rounds per depth at max_matvecs=DEFAULT_MATVECS
 COLUMNS = [
     "model", "depth", "block", "stage", "operator", "sample", "index", "sigma",
     "error", "method", "converged", "dim", "mean_sq_estimate", "prod_from",
@@ -198,7 +201,7 @@ def block_spectra(
     which: str = "both",
     method: str = "auto",
     tol: float = 1e-2,
-    max_matvecs: int = 128,
+    max_matvecs: int = DEFAULT_MATVECS,
     operators: Sequence[str] = ("block", "prod"),
     prod_from: str = "input",
     bn: str = "calibrate",
@@ -217,8 +220,9 @@ def block_spectra(
     and ``converged`` flag, and ``mean_sq_estimate`` = Hutchinson ||J||_F^2 / dim from
     ``hutchinson`` Gaussian probes (0 to skip). For ``which="largest"`` or ``"both"`` the
     ``prod`` spectra of all depths come from one walk (``cumulative_singular_values``: forward
-    cost linear in depth, one certificate block per depth; ``method="walk"`` asks for it
-    explicitly, top only) wherever block l is fed by block l - 1; ``"smallest"`` (and models
+    cost linear in depth, one certificate block per depth, expansion rounds per depth
+    ``WALK_ROUNDS`` scaled by max_matvecs / 128; ``method="walk"`` asks for it explicitly, top
+    only) wherever block l is fed by block l - 1; ``"smallest"`` (and models
     whose blocks are not a chain) solve each depth's map on its own (warm-started), whose cost
     grows with depth x depth: use a subset of depths for deep nets. Bottom values (``"both"``)
     are the smallest Ritz values of the Krylov space (or walk basis) that certified the top:
@@ -256,6 +260,9 @@ def block_spectra(
     st = _private_structure(model, x, bn, blocks, stem)
     chosen = _resolve_depths(depths, [(b.path, b) for b in st.blocks])
     chain = _is_chain(st, x, stem)
+    if bn != "train":  # a conv-fed norm folds into its conv (no new op); the other norms
+        # become FrozenNorm only on chains, which read no traced addition (J_F routes)
+        freeze_batch_norms(st.model, select_samples(x, 0), replace_rest=chain)
     probes = [(i, select_samples(x, i)) for i in range(min(samples, count))]
     if bn == "train":
         probes = [(-1, x)]
@@ -365,6 +372,7 @@ def _sample_rows(st: Structure, at: _Point, chosen, operators, options, hutchins
             at.steps, at.start, k=options["k"], depths=chosen, tol=options["tol"],
             hutchinson=hutchinson if hutchinson >= 2 else 0, seed=options["seed"],
             bottom=options["k"] if which == "both" else 0,
+            max_rounds=max(1, round(WALK_ROUNDS * options["max_matvecs"] / DEFAULT_MATVECS)),
         )  # fmt: skip
         for depth, result in walk.items():
             add(result, "prod", depth, result.mean_sq_estimate)

@@ -229,13 +229,15 @@ def _ritz(
     ``basis`` Q (d, c) orthonormal rows, ``images`` = A Q (d, rows), ``grams`` = A^T A Q
     (d, c). ``exact=False`` diagonalises the small projected Gram Q A^T A Q^T (cheap, for
     convergence checks); ``exact=True`` takes the SVD of A Q, which does not square the
-    condition number (accurate small values in float32). Returns the wanted values
-    (descending), their positions, residuals, error bounds, the largest Ritz value and the
-    Ritz vectors (rows).
+    condition number (accurate small values in float32), as the SVD of the d x d triangle R^T
+    of A Q = R^T Q'^T (QR first: several times faster than LAPACK's SVD of the wide A Q).
+    Returns the wanted values (descending), their positions, residuals, error bounds, the
+    largest Ritz value and the Ritz vectors (rows).
     """
     work = torch.float64
-    if exact:
-        coefficients, sigma, _ = torch.linalg.svd(images.to(work), full_matrices=False)
+    if exact:  # images = R^T Q^T (QR of the tall images^T): the SVD of the small R^T
+        _, triangle = torch.linalg.qr(images.to(work).T, mode="r")
+        coefficients, sigma, _ = torch.linalg.svd(triangle.T)
     else:
         projected = basis.to(work) @ grams.to(work).T
         eigenvalues, coefficients = torch.linalg.eigh((projected + projected.T) / 2)
