@@ -41,7 +41,6 @@ STRUCTURE_SAMPLES = 2
 # The smallest Krylov budget the plan cuts to: a top-8 Golub-Kahan solve spends >= 2 k + 2
 # products before its first certificate (an unconverged value keeps its honest bound).
 MIN_KRYLOV_PRODUCTS = 32
-BLOCK_MAX_MATVECS = 128  # block_spectra's default cap, used unless the plan cuts it
 
 
 def parse_depths(depths: str) -> str | list[int]:
@@ -83,12 +82,14 @@ def _maps(per_block: list[int], chosen: list[int]) -> float:
 def spectra_plan(label: str, model: nn.Module, inputs: Inputs, config, gflop: float) -> dict:
     """Samples, ``which``, depths and Krylov budget of one model's spectra within
     ``SPECTRA_BUDGET_GFLOP`` (module doc)."""
+    from .spectra.blocks import DEFAULT_MATVECS  # block_spectra's cap, unless the plan cuts it
+
     per_block, chosen = _blocks(model, inputs, parse_depths(config.depths))
     count = len(per_block)
     samples = config.samples or DEFAULT_SAMPLES
     samples = min(samples, batch_size(inputs))
     which = "both" if config.which == "auto" else config.which
-    products, cap = KRYLOV_PRODUCTS[which], BLOCK_MAX_MATVECS
+    products, cap = KRYLOV_PRODUCTS[which], DEFAULT_MATVECS
 
     def estimate() -> float:
         return samples * products * gflop * _maps(per_block, chosen)
@@ -109,7 +110,7 @@ def spectra_plan(label: str, model: nn.Module, inputs: Inputs, config, gflop: fl
         products = cap = max(MIN_KRYLOV_PRODUCTS, 2 * int(fitted // 2))
         reduced = [
             *reduced,
-            f"Krylov budget {BLOCK_MAX_MATVECS} -> {cap} products per operator (a value it "
+            f"Krylov budget {DEFAULT_MATVECS} -> {cap} products per operator (a value it "
             "cannot certify to the tolerance is marked unconverged, with its bound)",
         ]
     return {
