@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .inputs import batch_size, select_samples
 from .losses import resolve_loss
-from .structure import structure
+from .structure import layout_inputs, structure
 
 STEM, HEAD = "stem", "head"
 
@@ -52,7 +52,7 @@ BUDGET = HessianBudget()
 def parameter_blocks(model: nn.Module, inputs) -> tuple[dict[str, list[str]], dict]:
     """Block name -> trainable parameter names (stem, the structure's blocks, head), and
     block name -> (stage, index, kind) from ``gf.structure``."""
-    found = structure(model, inputs)
+    found = structure(model, layout_inputs(inputs))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
 
     def under(paths: list[str]) -> list[str]:

@@ -32,12 +32,11 @@ from typing import Any
 from torch import nn
 
 from .errors import ParameterError
-from .inputs import Inputs, batch_size, select_samples
+from .inputs import Inputs, batch_size
 
 SPECTRA_BUDGET_GFLOP = 200.0  # resnet56 at 3x32x32 by default: 150; resnet50 at 224: 6200
 DEFAULT_SAMPLES = 2
 KRYLOV_PRODUCTS = {"both": 128, "largest": 96}  # per operator: the budget; a top-8 solve: 62-108
-STRUCTURE_SAMPLES = 2
 # The smallest Krylov budget the plan cuts to: a top-8 Golub-Kahan solve spends >= 2 k + 2
 # products before its first certificate (an unconverged value keeps its honest bound).
 MIN_KRYLOV_PRODUCTS = 32
@@ -65,9 +64,9 @@ def operator_maps(model: nn.Module, inputs: Inputs, depths: Any) -> tuple[float,
 def _blocks(model: nn.Module, inputs: Inputs, depths: Any) -> tuple[list[int], list[int]]:
     """(operators per block: 2 residual, 1 plain; the depths ``depths`` resolves to)."""
     from .spectra.blocks import _resolve_depths
-    from .structure import structure
+    from .structure import layout_inputs, structure
 
-    found = structure(model, select_samples(inputs, slice(0, STRUCTURE_SAMPLES)))
+    found = structure(model, layout_inputs(inputs))
     blocks = found.blocks
     chosen = _resolve_depths(depths, [(b.path, b) for b in blocks])
     return [2 if b.kind == "residual" else 1 for b in blocks], chosen

@@ -85,7 +85,7 @@ from .sites import (
     unwrap,
 )
 from .state import preserved_buffers, preserved_rng
-from .structure import NoBlocksError, Structure, structure
+from .structure import NoBlocksError, Structure, layout_inputs, structure
 from .taps import ResidualTap, route_for, untapped
 from .trace import first_float
 
@@ -316,14 +316,12 @@ class Recorder:
 
     def _discover_structure(self, args: tuple, kwargs: dict) -> None:
         """Blocks of a non-zoo model from its first forward call (static fallback if unsure)."""
-        from .structure import structure
-
         self._discover = False
         found = None
         if not (args and kwargs):  # mixed positional and keyword inputs: container boundaries
             inputs = dict(kwargs) if kwargs else (args[0] if len(args) == 1 else tuple(args))
             try:
-                found = structure(self.module, inputs, blocks=self._given)
+                found = structure(self.module, layout_inputs(inputs), blocks=self._given)
             except (UserInputError, RuntimeError):
                 found = None
         if found is not None:
@@ -581,7 +579,7 @@ def record(
         try:
             # two samples: the blocks do not depend on the batch size, a full batch would
             # cost two more forwards (the forward on x itself is checked by the pass below)
-            found = structure(module, select_samples(x, slice(0, min(2, batch_size(x)))))
+            found = structure(module, layout_inputs(x))
         except NoBlocksError:
             found = None  # the container boundaries of gradflow.sites
     recorder = Recorder(

@@ -97,9 +97,9 @@ def zoo_twins(name: str, init: str | None) -> tuple[list[tuple[str, str, str]], 
 def zero_gamma_copy(model: nn.Module, inputs) -> tuple[nn.Module, list[str], str | None]:
     """A private copy of ``model`` with gamma = 0 in the last norm of every residual branch
     ``gradflow.structure`` found: (copy, norm paths zeroed, note); UserInputError if none."""
-    from .structure import structure
+    from .structure import layout_inputs, structure
 
-    found = structure(model, inputs)
+    found = structure(model, layout_inputs(inputs))
     residual = [b for b in found.blocks if b.kind == "residual"]
     if not residual:
         raise UserInputError(

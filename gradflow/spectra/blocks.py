@@ -100,8 +100,13 @@ def _prepare(twin: nn.Module, x: Inputs, bn: str) -> nn.Module:
     return twin.eval()
 
 
-def _private_structure(model, x: Inputs, bn: str, blocks, stem) -> Structure:
-    """The prepared private copy (hooks stripped, BN mode ``bn``) and its structure on x."""
+def _private_structure(
+    model, x: Inputs, bn: str, blocks, stem, traced: Inputs | None = None
+) -> Structure:
+    """The prepared private copy (hooks stripped, BN mode ``bn``, calibrated on x) and its
+    structure on ``traced`` (default x). The structure's trace keeps every block's input and
+    output of what it is built on: pass only the samples that will be probed."""
+    traced = x if traced is None else traced
     with preserved_rng():
         twin, blocks, stem = copy.deepcopy((model, None if blocks is None else list(blocks), stem))
     strip_hooks(twin)
@@ -110,7 +115,7 @@ def _private_structure(model, x: Inputs, bn: str, blocks, stem) -> Structure:
             _prepare(twin, x, bn)
         except Exception as error:  # the user's forward fails on x: say so before any work
             raise forward_error(type(model).__name__, x, error) from error
-        return build(twin, x, blocks=blocks, stem=stem)
+        return build(twin, traced, blocks=blocks, stem=stem)
 
 
 def _resolve_depths(depths: str | Sequence[int], blocks: list[tuple[str, nn.Module]]) -> list[int]:
@@ -257,13 +262,15 @@ def block_spectra(
         raise UserInputError("x must be a batch of probe inputs with a leading batch dimension")
     if first_float_tensor(x) is None and prod_from == "input":
         prod_from = "stem"  # token inputs: products start at the embedding output
-    st = _private_structure(model, x, bn, blocks, stem)
+    # BN is calibrated on the whole batch; the structure is traced on the probed samples only
+    probed = x if bn == "train" else select_samples(x, slice(0, min(samples, count)))
+    st = _private_structure(model, x, bn, blocks, stem, traced=probed)
     chosen = _resolve_depths(depths, [(b.path, b) for b in st.blocks])
-    chain = _is_chain(st, x, stem)
+    chain = _is_chain(st, probed, stem)
     if bn != "train":  # a conv-fed norm folds into its conv (no new op); the other norms
         # become FrozenNorm only on chains, which read no traced addition (J_F routes)
         freeze_batch_norms(st.model, select_samples(x, 0), replace_rest=chain)
-    probes = [(i, select_samples(x, i)) for i in range(min(samples, count))]
+    probes = [(i, select_samples(probed, i)) for i in range(batch_size(probed))]
     if bn == "train":
         probes = [(-1, x)]
     name = model_name or type(model).__name__
