@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_memory.py [--model resnet20 ...]
 
 Each model runs in its own subprocess (a fresh interpreter, as a user types the command). The
-whole process's peak RSS comes from that child's own rusage (``os.wait4``); the per-phase
+whole process's peak RSS is the largest of that child's own rusage (``os.wait4``, the
+high-water mark since the last phase reset it) and the phases' peaks; the per-phase
 figures from its meta.json (``phase_seconds``: seconds and the peak RSS while the phase ran,
 ``gradflow.memory.peak_rss_mib`` reset at the phase start), and the record plan (batch,
 micro-batches, saved MiB per sample) from ``meta["record"]``. Goal (issue 14): <= 2048 MiB.
@@ -38,7 +39,10 @@ def run_one(model: str, extra: list[str]) -> dict:
             sys.exit(f"gradflow analyze --model {model} failed:\n{stderr}")
         with open(f"{tmp}/report/meta.json") as file:
             meta = json.load(file)
-    peak = usage.ru_maxrss / 1024  # KiB on Linux
+    # ru_maxrss is the high-water mark since its last reset, and each phase resets it
+    # (gradflow.memory.reset_peak_rss): the whole process's peak is the largest of both
+    phases = [p.get("peak_rss_mib") or 0 for p in meta.get("phase_seconds", [])]
+    peak = max([usage.ru_maxrss / 1024, *phases])  # ru_maxrss: KiB on Linux
     return {"model": model, "wall": wall, "peak": peak, "meta": meta, "stdout": stdout}
 
 
