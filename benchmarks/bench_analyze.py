@@ -4,33 +4,27 @@
     python benchmarks/bench_analyze.py [--model plain56 --model resnet56] [--repeat 1]
 
 Runs the command as a subprocess (a fresh interpreter, imports included, as a user types
-it) and reads the child's peak resident set size from getrusage.
+it) through ``analyze_child.run_analyze``, which also gives its whole peak resident set size.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
+from pathlib import Path
+
+from analyze_child import run_analyze
 
 
 def run_once(models: list[str], extra: list[str]) -> tuple[float, float, str]:
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "gradflow", "analyze", "--quiet", "--out", f"{tmp}/r"]
-        args += [a for m in models for a in ("--model", m)] + extra
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        start = time.perf_counter()
-        result = subprocess.run(args, capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - start
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        if result.returncode:
-            sys.exit(f"gradflow analyze failed:\n{result.stderr}")
-        # ru_maxrss of children is the max over all children so far (KiB on Linux)
-        return wall, max(peak_kib, before) / 1024, result.stdout
+        args = [a for m in models for a in ("--model", m)] + extra
+        run = run_analyze(args, Path(tmp) / "r")
+    if run["exit"]:
+        sys.exit(f"gradflow analyze failed:\n{run['stderr']}")
+    return run["wall_s"], run["peak_mib"], run["stdout"]
 
 
 def main() -> None:

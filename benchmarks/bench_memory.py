@@ -3,8 +3,8 @@
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_memory.py [--model resnet20 ...]
 
 Each model runs in its own subprocess (a fresh interpreter, as a user types the command). The
-whole process's peak RSS is the largest of that child's own rusage (``os.wait4``, the
-high-water mark since the last phase reset it) and the phases' peaks; the per-phase
+whole process's peak RSS comes from ``analyze_child.run_analyze`` (see there why rusage alone
+under-reports it); the per-phase
 figures from its meta.json (``phase_seconds``: seconds and the peak RSS while the phase ran,
 ``gradflow.memory.peak_rss_mib`` reset at the phase start), and the record plan (batch,
 micro-batches, saved MiB per sample) from ``meta["record"]``. Goal (issue 14): <= 2048 MiB.
@@ -13,13 +13,12 @@ micro-batches, saved MiB per sample) from ``meta["record"]``. Goal (issue 14): <
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from analyze_child import run_analyze
 
 DEFAULT_MODELS = ("resnet20", "resnet110", "resnet1202")
 
@@ -27,23 +26,10 @@ DEFAULT_MODELS = ("resnet20", "resnet110", "resnet1202")
 def run_one(model: str, extra: list[str]) -> dict:
     """One `gradflow analyze` in a child process: its wall time, peak RSS and meta.json."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "gradflow", "analyze", "--quiet", "--model", model]
-        args += ["--out", f"{tmp}/report", *extra]
-        started = time.perf_counter()
-        with open(f"{tmp}/out.txt", "w") as out, open(f"{tmp}/err.txt", "w") as err:
-            child = subprocess.Popen(args, stdout=out, stderr=err)
-            _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
-        wall = time.perf_counter() - started
-        stdout, stderr = (Path(f"{tmp}/{name}.txt").read_text() for name in ("out", "err"))
-        if os.waitstatus_to_exitcode(status):
-            sys.exit(f"gradflow analyze --model {model} failed:\n{stderr}")
-        with open(f"{tmp}/report/meta.json") as file:
-            meta = json.load(file)
-    # ru_maxrss is the high-water mark since its last reset, and each phase resets it
-    # (gradflow.memory.reset_peak_rss): the whole process's peak is the largest of both
-    phases = [p.get("peak_rss_mib") or 0 for p in meta.get("phase_seconds", [])]
-    peak = max([usage.ru_maxrss / 1024, *phases])  # ru_maxrss: KiB on Linux
-    return {"model": model, "wall": wall, "peak": peak, "meta": meta, "stdout": stdout}
+        run = run_analyze(["--model", model, *extra], Path(tmp) / "report")
+    if run["exit"]:
+        sys.exit(f"gradflow analyze --model {model} failed:\n{run['stderr']}")
+    return {"model": model, "wall": run["wall_s"], "peak": run["peak_mib"], "meta": run["meta"]}
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Wall time and peak RSS of `gradflow analyze` on user-sized models (a benchmark, not a test).
 
-Three runs, each a fresh `python -m gradflow analyze` subprocess (peak RSS from wait4):
+Three runs, each a fresh `python -m gradflow analyze` subprocess (``analyze_child``):
 
 - a user pre-LN transformer file: 6 nn.TransformerEncoderLayer blocks, width 256, 4 heads,
   sequence 128, batch 16, token ids from the file's example_inputs;
@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
+
+from analyze_child import run_analyze
 
 TRANSFORMER = """
 import torch
@@ -119,29 +118,24 @@ RESNET18_ARGS = ("--model", "resnet18.py:build", "--input-shape", "3,64,64")
 
 
 def run(name: str, args: list[str], folder: Path) -> dict:
-    """One `gradflow analyze` subprocess: wall seconds, peak RSS (MB), exit code, summary."""
+    """One `gradflow analyze` subprocess: wall seconds, peak RSS (MiB), exit code, summary."""
     out = folder / f"report-{name}"
     shutil.rmtree(out, ignore_errors=True)  # an earlier run's report (--keep)
-    command = [sys.executable, "-m", "gradflow", "analyze", *args, "--quiet", "--out", str(out)]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = process.stderr.read().decode()
-    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    child = run_analyze(args, out, cwd=folder)
+    meta = child["meta"]
     inputs = next(iter(meta.get("inputs", {}).values()), {}).get("inputs", "")
     return {
         "run": name,
-        "wall_s": round(wall, 1),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),  # less sensitive to load than wall
-        "peak_rss_mb": round(usage.ru_maxrss / 1024),
-        "exit": os.waitstatus_to_exitcode(status),
+        "wall_s": round(child["wall_s"], 1),
+        "cpu_s": round(child["cpu_s"], 1),
+        "peak_rss_mib": round(child["peak_mib"]),
+        "exit": child["exit"],
         "batch": inputs,
         "batch_size": [plan["batch_size"] for plan in meta.get("record", [])],
         "phases_s_mib": {
             p["phase"]: [p["seconds"], p.get("peak_rss_mib")] for p in meta.get("phase_seconds", [])
         },
-        "error": (stderr.strip().splitlines() or ["killed"])[-1] if status else "",
+        "error": (child["stderr"].strip().splitlines() or ["killed"])[-1] if child["exit"] else "",
         "command": " ".join(["gradflow", "analyze", *args]),
     }
 

@@ -414,6 +414,7 @@ def _check_spectra_cost(config: AnalysisConfig, probes: dict, plans: dict) -> No
 def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step: int):
     """Build the models, measure each (record, spectra), summarise; global RNG restored."""
     from .finite import mark_summary
+    from .memory import process_peak_rss_mib
 
     device = parse_device(config.device)
     started = time.time()
@@ -454,6 +455,8 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
     summary = mark_summary(summary_table(records, spectra_summary), records, sites)
     meta = analysis_meta(config, data.value, time.time() - started)
     meta["phase_seconds"] = timings
+    # the phases restart the kernel's peak (which getrusage then under-reports): the whole one
+    meta["process_peak_rss_mib"] = round(process_peak_rss_mib())
     meta["record"] = [{k: v for k, v in plan.items() if k != "spectra"} for plan in plans]
     meta["spectra"] = spectra_plans
     meta["nonfinite"] = sites

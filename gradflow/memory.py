@@ -254,13 +254,27 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+_CLEARED_PEAK_MIB = 0.0  # the largest peak that reset_peak_rss restarted
+
+
 def reset_peak_rss() -> bool:
-    """Restart the peak at the current RSS (Linux >= 4.0); False where that is impossible."""
+    """Restart the peak at the current RSS (Linux >= 4.0); False where that is impossible.
+
+    The kernel's high-water mark is the one getrusage, wait4 and /usr/bin/time read: after a
+    reset they see only the peak since then. ``process_peak_rss_mib`` keeps the whole peak."""
+    global _CLEARED_PEAK_MIB
+    before = peak_rss_mib()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
+    _CLEARED_PEAK_MIB = max(_CLEARED_PEAK_MIB, before)
     return True
+
+
+def process_peak_rss_mib() -> float:
+    """The process's peak resident set size since it started, across ``reset_peak_rss``."""
+    return max(_CLEARED_PEAK_MIB, peak_rss_mib())
 
 
 def release_free_memory() -> None:
