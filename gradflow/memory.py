@@ -294,6 +294,17 @@ def _malloc_trim():
         return None
 
 
+def _product_clause(plan: dict) -> str:
+    """The spectra chunk of a record plan: planned from the record pass's bytes per sample
+    (loss and backward copies included), more than a product vector needs, so below the cap
+    it is a lower bound; each product measures its own (``JacobianOperator``)."""
+    vectors = plan.get("product_vectors")
+    if vectors is None:
+        return "."
+    least = "" if vectors >= MAX_VECTORS_PER_CHUNK else "at least "
+    return f"; spectra products on the whole net take {least}{vectors} vectors at a time."
+
+
 def record_lines(meta: dict) -> list[str]:
     """One sentence per analysed (model, step) on its record batch (meta.json's ``record``)."""
     lines = []
@@ -307,12 +318,6 @@ def record_lines(meta: dict) -> list[str]:
         lines.append(
             f"Record batch of {plan['model']}{step}: {plan['batch_size']} samples fed {fed} "
             f"({plan['saved_mib_per_sample']:.3g} MiB of saved activations per sample, "
-            f"budget {plan['record_memory_mib']} MiB)"
-            + (
-                f"; spectra products on the whole net take {plan['product_vectors']} vectors "
-                "at a time."
-                if "product_vectors" in plan
-                else "."
-            )
+            f"budget {plan['record_memory_mib']} MiB)" + _product_clause(plan)
         )
     return lines

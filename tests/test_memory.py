@@ -230,3 +230,15 @@ def test_structures_trace_at_most_the_probed_samples(monkeypatch):
     assert result.meta["record"][0]["batch_size"] == 24
     assert len(traced) >= 4  # budget, cost check, record, spectra, what-if, Hessian blocks
     assert all(sizes <= {1, 2} for sizes in traced), traced
+
+
+def test_record_lines_call_a_chunk_below_the_cap_a_lower_bound():
+    plan = dict(model="deep", micro_batches=15, micro_batch=9, batch_size=128,
+                saved_mib_per_sample=87.9, record_memory_mib=1024, product_vectors=11)  # fmt: skip
+    (line,) = record_lines({"record": [plan]})
+    assert line.endswith("spectra products on the whole net take at least 11 vectors at a time.")
+    assert "in 15 micro-batches of at most 9" in line
+    (capped,) = record_lines({"record": [{**plan, "product_vectors": 64}]})
+    assert capped.endswith("take 64 vectors at a time.")
+    (none,) = record_lines({"record": [{k: v for k, v in plan.items() if k != "product_vectors"}]})
+    assert none.endswith("budget 1024 MiB).")
