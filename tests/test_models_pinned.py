@@ -222,6 +222,7 @@ def test_seed_0_weights_layout_and_outputs_are_pinned(key):
     with torch.no_grad():
         logits = model(x)[:, :4]
     expected = torch.tensor(pin.logits)
-    # 1e-6 of the output scale: conv sums are reordered by the thread count (resnet50: 7e-7)
+    # 1e-5 of the output scale: conv sums are reordered by the thread count and the CPU's
+    # kernels (resnet50: 7e-7; resnet18_B on an AMD EPYC: 1.3e-6); a wrong init moves it O(1)
     scale = max(expected.abs().max().item(), 1e-3)
-    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6 * scale)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5 * scale)

@@ -63,5 +63,8 @@ def test_gradient_assertion_message_is_pinned(batch):
     )
     marked = [line for line in message.splitlines() if "<-- bound broken here" in line]
     assert len(marked) == 1 and marked[0].split()[:2] == ["5", "stage2.block2"]
-    assert "0.06314" in marked[0] and "0.567" in marked[0]
+    # the depth's gradient norm and the reference, to rounding: the last digit of the norm
+    # depends on the CPU's kernels (0.06314 on one machine, 0.06315 on another)
+    norm, reference = (float(v) for v in marked[0].split()[2:4])
+    assert norm == pytest.approx(0.06314, abs=2e-5) and reference == pytest.approx(0.567, abs=1e-3)
     assert message.rstrip().endswith("relax the bound: max_log10_ratio=1.4.")

@@ -173,3 +173,20 @@ def test_one_vector_products_take_a_fixed_route_so_reruns_give_the_same_bits():
     runs = [singular_values(net, x, k=3, which="both", method="lanczos") for _ in range(2)]
     assert np.array_equal(runs[0].values, runs[1].values)
     assert np.array_equal(runs[0].errors, runs[1].errors)
+
+
+@pytest.mark.parametrize("rows", [7, 300, 100000])  # 7 < 2 x 40 columns: the guard's floor
+def test_tall_triangle_is_the_householder_r_up_to_row_signs(rows):
+    from gradflow.spectra.solvers import tall_triangle
+
+    g = torch.Generator().manual_seed(0)
+    # graded columns (condition number ~1e5) and more rows than one block: several levels
+    tall = torch.randn(5000, 40, generator=g, dtype=torch.float64) * torch.logspace(0, -5, 40)
+    exact = torch.linalg.qr(tall, mode="r")[1]
+    found = tall_triangle(tall.float(), rows=rows)
+    reference = torch.linalg.qr(tall.float().double(), mode="r")[1]  # the same float32 input
+    assert found.shape == (40, 40) and found.dtype == torch.float64
+    torch.testing.assert_close(found.abs(), reference.abs(), rtol=1e-10, atol=1e-12)
+    values = torch.linalg.svdvals(found)
+    torch.testing.assert_close(values, torch.linalg.svdvals(reference), rtol=1e-10, atol=0)
+    assert torch.allclose(values, torch.linalg.svdvals(exact), rtol=1e-4)  # float32 input
