@@ -343,3 +343,16 @@ def test_seeded_generator_separates_keys():
         for k in [(0, 1), (1, 0), (0, 1, 0)]
     }
     assert len(draws) == 3
+
+
+def test_channel_statistics_from_histograms_equal_the_dense_formula():
+    from gradflow.data.datasets import STATISTICS_CHUNK, _statistics
+
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (2 * STATISTICS_CHUNK + 3, 3, 9, 7), generator=g, dtype=torch.uint8)
+    raw[:, 2] //= 7  # channels differ: a wrong channel order or a shared histogram shows
+    mean, std = _statistics(raw)
+    pixels = raw.transpose(0, 1).reshape(3, -1).double() / 255
+    np.testing.assert_allclose(mean, pixels.mean(dim=1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(std, pixels.std(dim=1, correction=0).numpy(), rtol=1e-12)
+    assert mean[2] < mean[0] / 3

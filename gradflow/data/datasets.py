@@ -177,12 +177,24 @@ def _train_statistics(
     return _statistics(_pad(raw, pad_to))
 
 
+STATISTICS_CHUNK = 64  # images per histogram update in _statistics
+
+
 def _statistics(raw: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of uint8 pixels on the [0, 1] scale."""
-    pixels = raw.transpose(0, 1).reshape(raw.shape[1], -1).double() / 255
-    mean = pixels.mean(dim=1)
-    std = pixels.std(dim=1, correction=0).clamp_min(1e-6)
-    return tuple(mean.tolist()), tuple(std.tolist())
+    """Per-channel mean and (population) std of uint8 pixels on the [0, 1] scale, from each
+    channel's histogram of the 256 values (exact, and a few MB at any size: the float64 copy
+    of a 1000-image 224 x 224 training split was 1.2 GB)."""
+    channels = raw.shape[1]
+    counts = torch.zeros(channels, 256, dtype=torch.float64)
+    for start in range(0, raw.shape[0], STATISTICS_CHUNK):
+        chunk = raw[start : start + STATISTICS_CHUNK].transpose(0, 1).reshape(channels, -1)
+        for channel in range(channels):
+            counts[channel] += torch.bincount(chunk[channel].long(), minlength=256).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    total = counts.sum(dim=1)
+    mean = (counts @ values) / total
+    variance = (counts * (values[None, :] - mean[:, None]) ** 2).sum(dim=1) / total
+    return tuple(mean.tolist()), tuple(variance.sqrt().clamp_min(1e-6).tolist())
 
 
 def _ensure_cifar10(directory: Path | None) -> None:
