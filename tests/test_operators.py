@@ -105,3 +105,54 @@ def test_train_mode_batchnorm_is_a_user_error():
     assert before.differences(ModelState.capture(model)) == []
     frame = singular_values(model.eval(), x, k=2, method="lanczos")
     assert frame.converged
+
+
+def test_bidiagonalisation_in_float32_stores_products_as_computed_and_bounds_hold(monkeypatch):
+    # a float32 operator's raw products are kept in float32 (exact: they were computed so),
+    # the basis that the budget cannot fill is never allocated, and the restarts and the
+    # certificate run by column chunks: the bounds still cover the true error
+    from gradflow.spectra import bidiagonal
+
+    generator = torch.Generator().manual_seed(3)
+    matrix = torch.randn(300, 200, generator=generator)
+    operator = JacobianOperator(lambda v: torch.tanh(matrix @ v), torch.randn(200) / 20)
+    exact = np.linalg.svd(operator.dense().double().numpy(), compute_uv=False)
+    sides = []
+    original = bidiagonal._Side.__init__
+
+    def spy(self, capacity, size, image_size, image_dtype):
+        sides.append((capacity, image_dtype))
+        original(self, capacity, size, image_size, image_dtype)
+
+    monkeypatch.setattr(bidiagonal._Side, "__init__", spy)
+    monkeypatch.setattr(bidiagonal, "COLUMN_CHUNK", 7)  # chunks that do not divide 300 or 200
+    found = largest_triplets(operator, 3, 1e-4, 400, probe_generator(0), basis_size=10)
+    assert found.converged and sides == [(11, torch.float32), (10, torch.float32)]
+    error = np.abs(found.values.numpy() - exact[:3])
+    np.testing.assert_allclose(found.values.numpy(), exact[:3], rtol=1e-5)
+    assert np.all(error <= found.errors.numpy() + 1e-6 * exact[0])
+    sides.clear()
+    largest_triplets(operator, 3, 1e-4, 20, probe_generator(0))  # 20 products: 10 steps
+    assert [capacity for capacity, _ in sides] == [11, 10]  # not max(4 k, k + 48) = 51
+
+
+def test_the_walk_basis_shrinks_to_its_images_budget_and_stays_exact(monkeypatch):
+    from gradflow.spectra import cumulative
+
+    generator = torch.Generator().manual_seed(4)
+    mats = [torch.randn(60, 60, generator=generator, dtype=torch.float64) / 8 for _ in range(3)]
+    steps = [lambda z, a=a: torch.tanh(a @ z) for a in mats]
+    x = torch.randn(60, generator=generator, dtype=torch.float64)
+    roomy = cumulative.cumulative_singular_values(steps, x, k=3, tol=1e-8)
+    # 2 rows of images fit: the basis falls to its floor of 2 blocks (32 vectors, not 64)
+    monkeypatch.setattr(cumulative, "IMAGES_BYTES", 2 * 60 * 8)
+    tight = cumulative.cumulative_singular_values(steps, x, k=3, tol=1e-8)
+    for depth in (1, 2, 3):
+        point, jacobian = x, torch.eye(60, dtype=torch.float64)
+        for step in steps[:depth]:
+            jacobian = torch.autograd.functional.jacobian(step, point) @ jacobian
+            point = step(point)
+        exact = torch.linalg.svdvals(jacobian)[:3].numpy()
+        assert tight[depth].converged and roomy[depth].converged
+        np.testing.assert_allclose(tight[depth].values, exact, rtol=1e-7)
+        np.testing.assert_allclose(roomy[depth].values, exact, rtol=1e-7)

@@ -9,7 +9,9 @@ the convergence test costs no product (PROPACK's recurrence, with full reorthogo
 When the basis is full, it restarts from its best Ritz vectors plus v_next (Baglama & Reichel
 2005), which keeps the relation above.
 
-Certification does not trust the recurrence: the raw products A v_l and A^T u_l are kept, so
+Certification does not trust the recurrence: the raw products A v_l and A^T u_l are kept (in
+the operator's dtype, in which they were computed: a float32 product loses nothing there, and
+the basis of a 200704 -> 802816 block map is then 0.8 GB instead of 1.1 GB), so
 the Ritz vectors' images are explicit linear combinations of computed products, and
 r = sqrt(||A v - s u||^2 + ||A^T u - s v||^2) bounds the distance from s to a singular value
 (or 0) by r / sqrt(2): (u, v) / sqrt(2) is a unit vector with that residual for the symmetric
@@ -35,6 +37,7 @@ from .operators import RowOperator
 
 WORK = torch.float64
 BASIS_BYTES = 2**28  # memory for a no-restart basis (bottom values): 256 MiB
+COLUMN_CHUNK = 2**16  # columns per step of a basis recombination (temporaries of <= 32 MiB)
 
 
 @dataclass
@@ -50,11 +53,12 @@ class Triplets:
 
 
 class _Side:
-    """Orthonormal rows of one side (float64) and the raw products of the other side's map."""
+    """Orthonormal rows of one side (float64) and the raw products of the other side's map
+    (``image_dtype``: the operator's, exact for what it computed)."""
 
-    def __init__(self, capacity: int, size: int, image_size: int) -> None:
+    def __init__(self, capacity: int, size: int, image_size: int, image_dtype) -> None:
         self.rows = torch.zeros(capacity, size, dtype=WORK)
-        self.images = torch.zeros(capacity, image_size, dtype=WORK)
+        self.images = torch.zeros(capacity, image_size, dtype=image_dtype)
         self.count = 0
 
     def orthogonalise(self, vector: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,11 +106,13 @@ def largest_triplets(
     rows, cols = operator.shape
     dtype = operator.dtype
     capacity = min(basis_size or max(4 * k, k + 48), cols, rows)
+    capacity = min(capacity, max(k, max_products // 2))  # no room the budget cannot fill
     if bottom:  # no restart: the whole budget stays in the basis, within BASIS_BYTES
         affordable = BASIS_BYTES // (32 * (rows + cols))  # 2 sides x (rows + images), float64
         capacity = min(max(min(max_products // 2, affordable), k + bottom), cols, rows)
-    right = _Side(capacity + 1, cols, rows)  # V and A V
-    left = _Side(capacity, rows, cols)  # U and A^T U
+    images = WORK if dtype == WORK else dtype
+    right = _Side(capacity + 1, cols, rows, images)  # V and A V
+    left = _Side(capacity, rows, cols, images)  # U and A^T U
     coupling = torch.zeros(capacity + 1, capacity, dtype=WORK)  # [l, i] = <v_l, A^T u_i>
     first = torch.randn(cols, generator=generator, dtype=WORK)
     if start is not None and start.ndim == 2 and start.shape[1] == cols and len(start):
@@ -116,16 +122,18 @@ def largest_triplets(
     scale, spent = 0.0, 0
     while True:
         j = left.count
-        image = operator.matmat_rows(right.rows[j : j + 1].to(dtype))[0].to(WORK)
-        right.images[j] = image
+        product = operator.matmat_rows(right.rows[j : j + 1].to(dtype))[0]
+        right.images[j] = product
+        image = product.to(WORK)
         coefficients, remainder = left.orthogonalise(image)
         coupling[j, :j] = coefficients
         scale = max(scale, float(image.norm()))
         u, alpha = _unit_or_fresh(remainder, left, scale, generator)
         coupling[j, j] = alpha
         left.append(u)
-        pulled = operator.rmatmat_rows(u[None].to(dtype))[0].to(WORK)
-        left.images[j] = pulled
+        product = operator.rmatmat_rows(u[None].to(dtype))[0]
+        left.images[j] = product
+        pulled = product.to(WORK)
         coefficients, remainder = right.orthogonalise(pulled)
         coupling[: j + 1, j] = coefficients
         v, beta = _unit_or_fresh(remainder, right, scale, generator)
@@ -175,10 +183,13 @@ def _thick_restart(right, left, coupling, p, sigma, qt, keep: int) -> None:
     size = left.count
     newest = right.rows[size].clone()
     edge = coupling[size, :size] @ p[:, :keep]
-    right.rows[:keep] = qt[:keep] @ right.rows[:size]
-    right.images[:keep] = qt[:keep] @ right.images[:size]
-    left.rows[:keep] = p[:, :keep].T @ left.rows[:size]
-    left.images[:keep] = p[:, :keep].T @ left.images[:size]
+    for matrix, mix in (
+        (right.rows, qt[:keep]),
+        (right.images, qt[:keep]),
+        (left.rows, p[:, :keep].T),
+        (left.images, p[:, :keep].T),
+    ):
+        _recombine(matrix, mix)
     right.rows[keep] = newest
     right.count, left.count = keep + 1, keep
     coupling.zero_()
@@ -186,13 +197,34 @@ def _thick_restart(right, left, coupling, p, sigma, qt, keep: int) -> None:
     coupling[keep, :keep] = edge
 
 
+def _recombine(matrix: Tensor, mix: Tensor) -> None:
+    """matrix[:m] = mix @ matrix[:n] in place (mix is m x n, m <= n), by column chunks in
+    float64: no full-size temporary beside the basis."""
+    m, n = mix.shape
+    for start in range(0, matrix.shape[1], COLUMN_CHUNK):
+        columns = slice(start, start + COLUMN_CHUNK)
+        matrix[:m, columns] = mix @ matrix[:n, columns].to(WORK)
+
+
+def _squared_residuals(mix: Tensor, images: Tensor, sigma: Tensor, far: Tensor, basis: Tensor):
+    """||mix @ images - sigma * (far @ basis)||^2 per row, by column chunks: with the images of
+    one side and the Ritz vectors ``far @ basis`` of the other, ||A v - s u||^2 or
+    ||A^T u - s v||^2 without a full-size temporary."""
+    total = torch.zeros(len(sigma), dtype=WORK)
+    for start in range(0, images.shape[1], COLUMN_CHUNK):
+        columns = slice(start, start + COLUMN_CHUNK)
+        gap = mix @ images[:, columns].to(WORK) - sigma[:, None] * (far @ basis[:, columns])
+        total += gap.pow(2).sum(dim=1)
+    return total
+
+
 def _certify(right, left, p, sigma, qt, tol, floor) -> Triplets:
     """Explicit residuals of the Ritz triplets from the stored raw products (no new ones)."""
     size = left.count
-    v, u = qt @ right.rows[:size], p.T @ left.rows[:size]
-    forward = qt @ right.images[:size] - sigma[:, None] * u  # A v - s u
-    backward = p.T @ left.images[:size] - sigma[:, None] * v  # A^T u - s v
-    residual = torch.sqrt(forward.pow(2).sum(dim=1) + backward.pow(2).sum(dim=1))
+    v = qt @ right.rows[:size]
+    forward = _squared_residuals(qt, right.images[:size], sigma, p.T, left.rows[:size])
+    backward = _squared_residuals(p.T, left.images[:size], sigma, qt, right.rows[:size])
+    residual = torch.sqrt(forward + backward)
     error = residual / math.sqrt(2)
     ok = (error <= tol * sigma) | (residual <= floor)
     return Triplets(sigma, error, residual, v, bool(ok.all()))
