@@ -305,6 +305,7 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
         MAX_VECTORS_PER_CHUNK,
         choose_micro_batch,
         forward_gflop,
+        product_budget_mib,
         record_fixed_bytes,
         saved_bytes_per_sample,
         vectors_per_chunk,
@@ -325,9 +326,9 @@ def _record_plan(probe, config: AnalysisConfig) -> dict:
         "fixed_mib": round(fixed / 2**20, 1),
         "record_memory_mib": config.record_memory,
         # vectors per batched spectra product on the whole net (a block or a shallower map:
-        # as many or more, up to MAX_VECTORS_PER_CHUNK), within the same budget
+        # as many or more, up to MAX_VECTORS_PER_CHUNK), within the products' share
         "product_vectors": vectors_per_chunk(
-            per_sample, MAX_VECTORS_PER_CHUNK, config.record_memory
+            per_sample, MAX_VECTORS_PER_CHUNK, product_budget_mib(config.record_memory)
         ),
         "precheck_samples": precheck,
         "spectra": spectra_plan(probe.label, probe.model, probe.inputs, config, gflop),
@@ -485,8 +486,9 @@ def add_whatif(result: AnalysisResult, config, specs: dict, probes: dict, data, 
 
 def _timed(phase: str, probe, config: AnalysisConfig, plan: dict, site):
     """``_measure`` with its wall time and the peak RSS while it ran (``gradflow.memory``)."""
-    from .memory import memory_budget, peak_rss_mib, reset_peak_rss
+    from .memory import memory_budget, peak_rss_mib, release_free_memory, reset_peak_rss
 
+    release_free_memory()  # what the earlier phases freed is not this phase's
     reset_peak_rss()
     started = time.perf_counter()
     with memory_budget(config.record_memory):  # the spectra products chunk to it too

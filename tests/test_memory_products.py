@@ -38,8 +38,9 @@ def test_vectors_per_chunk_from_the_bytes_per_vector_and_the_budget():
     assert vectors_per_chunk(MIB, 8, budget_mib=10) == 8  # never above the given chunk
     assert vectors_per_chunk(100 * MIB, 64, budget_mib=10) == 1  # never below one
     assert vectors_per_chunk(0, 64, budget_mib=10) == 64  # unknown: the given chunk
-    assert vectors_per_chunk(MIB, 64) == 64  # the default budget: 1024 MiB
-    with memory_budget(3):
+    assert vectors_per_chunk(MIB, 64) == 64  # the default: a quarter of 1024 MiB
+    assert vectors_per_chunk(MIB, 300) == 256
+    with memory_budget(12):  # a product takes a quarter of the budget
         assert vectors_per_chunk(MIB, 64) == 3
     assert vectors_per_chunk(MIB, 64) == 64
 
@@ -111,3 +112,21 @@ def test_the_record_estimate_is_within_1_5x_of_the_measured_peak():
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["estimate"] > 150, found  # activations dominate: 48 x ~25 x 128 KiB
     assert found["estimate"] / 1.5 <= found["measured"] <= 1.25 * found["estimate"], found
+
+
+def test_a_large_product_hands_its_freed_memory_back_and_a_small_one_does_not(monkeypatch):
+    import gradflow.memory as memory
+
+    calls = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1))
+    with memory.release_large_frees(memory.RELEASE_MIB * MIB):
+        pass
+    with memory.release_large_frees(memory.RELEASE_MIB * MIB - 1):
+        pass
+    assert calls == [1]
+    block = small_block()
+    operator = JacobianOperator(block, torch.randn(1, 3, 5, 5))
+    operator.bytes_per_vector = 8 * MIB  # 8 vectors of it: 64 MiB, released after
+    operator.matmat_rows(torch.randn(8, operator.n))
+    operator.rmatmat_rows(torch.randn(7, operator.m))  # 56 MiB: kept
+    assert calls == [1, 1]

@@ -33,6 +33,7 @@ from .operators import JacobianOperator, probe_generator
 from .solvers import SpectrumResult, check_dense_route, orthonormal_rows
 
 Step = Callable[[Tensor], Tensor]
+IMAGES_BYTES = 2**27  # the walk's images J V at the widest depth, by default (128 MiB)
 
 
 class StepChain:
@@ -139,8 +140,10 @@ def cumulative_singular_values(
     ``steps`` f_1, ..., f_L are applied in order to x; ``depths`` (1-based, default all) picks
     the products to certify. Each value carries an error bound (module docstring) and is
     ``converged`` when the bound is <= tol * s, or after ``max_rounds`` expansions at that
-    depth. ``matvecs`` of a result counts the step products spent since the previous requested
-    depth divided by d (whole-map equivalents). ``hutchinson`` > 0 Gaussian probes are pushed
+    depth; the basis holds at most ``max_basis`` vectors (default 4 blocks, fewer where their
+    images at the widest depth would pass 128 MiB; at least 2 blocks). ``matvecs`` of a result
+    counts the step products spent since the previous requested depth divided by d (whole-map
+    equivalents). ``hutchinson`` > 0 Gaussian probes are pushed
     along too: ``SpectrumResult.mean_sq_estimate`` gets ||J||_F^2 / min(m, n) at every depth
     for the same linear cost. ``bottom`` > 0 adds that many smallest Ritz values of the walk's
     basis at each requested depth (upper bounds on the smallest singular values, certified by
@@ -158,9 +161,14 @@ def cumulative_singular_values(
     dtype, columns = chain.x.dtype, chain.numel(0)
     generator = probe_generator(seed)
     block_size = min(block_size or max(k + k // 2 + 2, 16), columns)
-    max_basis = max(max_basis or 4 * block_size, 2 * block_size)
-    if max_basis >= columns:  # the basis may grow to the whole input space: as costly as dense
+    asked = max(max_basis or 4 * block_size, 2 * block_size)
+    if asked >= columns:  # the basis may grow to the whole input space: as costly as dense
         check_dense_route((chain.numel(wanted[-1]), columns), dtype, k, "largest", False)
+    if max_basis is None:  # 4 blocks, fewer where the images would outgrow IMAGES_BYTES
+        widest = max(chain.numel(depth) for depth in range(wanted[-1] + 1))
+        affordable = IMAGES_BYTES // (widest * chain.x.element_size())
+        asked = max(min(asked, affordable), 2 * block_size)
+    max_basis = asked
     basis = orthonormal_rows(
         torch.randn(block_size, columns, generator=generator, dtype=dtype),
         torch.empty(0, columns, dtype=dtype),

@@ -28,7 +28,12 @@ from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
 from ..errors import UserInputError
-from ..memory import MAX_VECTORS_PER_CHUNK, product_bytes_per_vector, vectors_per_chunk
+from ..memory import (
+    MAX_VECTORS_PER_CHUNK,
+    product_bytes_per_vector,
+    release_large_frees,
+    vectors_per_chunk,
+)
 
 TensorFunction = Callable[[Tensor], Tensor]
 ROUTES = ("forward", "double_vjp")
@@ -184,7 +189,7 @@ class JacobianOperator(RowOperator):
     None before the first J v. ``products`` counts single Jacobian(-transpose)-vector products.
     Batched products take ``chunk_size`` vectors at a time: at most the given number, fewer
     where that many would not fit ``budget_mib`` at ``bytes_per_vector`` each
-    (``gradflow.memory.vectors_per_chunk``; default budget: ``memory_budget``'s). Chunking
+    (``gradflow.memory.vectors_per_chunk``; default: ``product_budget_mib()``). Chunking
     changes no value beyond float rounding.
     """
 
@@ -280,13 +285,18 @@ class JacobianOperator(RowOperator):
 
     def _batched(self, function: Callable[[Tensor], Tensor], batch: Tensor) -> Tensor:
         """``function`` on every row of ``batch``: vmapped, or one at a time where an operation
-        has no batching rule (e.g. the mkldnn LSTM backward) or for a single row."""
+        has no batching rule (e.g. the mkldnn LSTM backward) or for a single row; the freed
+        working set of a large product goes back to the system (``release_large_frees``)."""
+        with release_large_frees(batch.shape[0] * self.bytes_per_vector):
+            return self._batched_products(function, batch)
+
+    def _batched_products(self, function: Callable[[Tensor], Tensor], batch: Tensor) -> Tensor:
         try:
             with torch.no_grad():
                 if batch.shape[0] == 1 or not self._vmap:
                     return torch.stack([function(item) for item in batch])
                 try:
-                    return vmap(function, chunk_size=self.chunk_size)(batch)
+                    return _chunked(vmap(function), batch, self.chunk_size)
                 except RuntimeError as err:
                     if _is_training_batchnorm_error(err):
                         raise
@@ -359,6 +369,20 @@ class JacobianOperator(RowOperator):
         if self.n <= self.m:
             return self.matmat_rows(torch.eye(self.n, dtype=self.dtype)).T.contiguous()
         return self.rmatmat_rows(torch.eye(self.m, dtype=self.dtype))
+
+
+def _chunked(function: Callable[[Tensor], Tensor], batch: Tensor, size: int) -> Tensor:
+    """``function`` on ``batch`` by row chunks of ``size``, written into one output (vmap's own
+    chunk_size concatenates: the chunks' results and their concatenation, twice the output)."""
+    if batch.shape[0] <= size:
+        return function(batch)
+    first = function(batch[:size])
+    result = first.new_empty((batch.shape[0], *first.shape[1:]))
+    result[:size] = first
+    del first
+    for start in range(size, batch.shape[0], size):
+        result[start : start + size] = function(batch[start : start + size])
+    return result
 
 
 class TallView:
