@@ -38,7 +38,7 @@ _EXPORTS = {
     "QUANTITIES": "record",
     "NonFiniteError": "record",
     "Recorder": "record",
-    "record": "record",
+    "record": "record_pass",
     "to_wide": "record",
     "SpectrumResult": "spectra",
     "block_spectra": "spectra",

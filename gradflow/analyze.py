@@ -342,7 +342,7 @@ def _first_nonfinite(probe, plan: dict, everything: bool = False):
     samples were not)."""
     from .finite import locate_nonfinite
     from .inputs import select_samples
-    from .record import micro_batches, slice_targets
+    from .record_pass import micro_batches, slice_targets
 
     total = plan["batch_size"]
     slices = micro_batches(total, plan["micro_batch"])
@@ -361,7 +361,7 @@ def _measure(phase: str, probe, config: AnalysisConfig, plan: dict, site) -> pd.
 
         return hessian_frame(probe, config)
     if phase == "record":
-        from .record import record
+        from .record_pass import record
 
         return record(
             model, x, probe.targets, loss_fn=probe.loss_fn, label=label,

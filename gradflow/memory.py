@@ -118,7 +118,7 @@ def saved_bytes_per_sample(
     """
     from .inputs import first_float_tensor, replace_first_float
     from .losses import resolve_loss
-    from .record import slice_targets
+    from .record_pass import slice_targets
     from .state import preserved_buffers, preserved_rng
 
     total = batch_size(inputs)

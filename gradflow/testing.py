@@ -64,7 +64,7 @@ def gradient_norms(
     layers=None,
 ) -> pd.DataFrame:
     """||dL/dz_k|| at every block boundary (or ``layers``), from one forward/backward."""
-    from .record import record
+    from .record_pass import record
 
     frame = record(model, x, y, loss_fn=loss_fn, probes=["activation_grad_norm"], layers=layers)
     grads = frame[frame["quantity"] == "activation_grad_norm"]
@@ -139,7 +139,7 @@ def assert_response_std_bounded(
     layers=None,
 ) -> pd.DataFrame:
     """Fail if any layer response std (Figure 7 layers by default) is outside [low, high]."""
-    from .record import record
+    from .record_pass import record
 
     was = torch.is_grad_enabled()
     with torch.no_grad():

@@ -25,7 +25,7 @@ from gradflow.memory import (
     reset_peak_rss,
     saved_bytes_per_sample,
 )
-from gradflow.record import micro_batches, record
+from gradflow.record_pass import micro_batches, record
 from gradflow.testing import assert_unchanged
 
 MIB = 2**20

@@ -81,7 +81,7 @@ MEASURE = textwrap.dedent(
     from gradflow.memory import (
         peak_rss_mib, record_fixed_bytes, reset_peak_rss, saved_bytes_per_sample,
     )
-    from gradflow.record import record
+    from gradflow.record_pass import record
 
     torch.manual_seed(0)
     layers = [nn.Conv2d(3, 32, 3, padding=1), nn.ReLU()]

@@ -18,7 +18,8 @@ from torch import nn
 
 import gradflow as gf
 from gradflow.errors import UserInputError
-from gradflow.record import FRAME_COLUMNS, QUANTITIES, Recorder, record, to_wide
+from gradflow.record import FRAME_COLUMNS, QUANTITIES, Recorder, to_wide
+from gradflow.record_pass import record
 
 RTOL = 1e-5
 

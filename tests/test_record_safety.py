@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradflow as gf
-from gradflow.record import NonFiniteError, Recorder, record
+from gradflow.record import NonFiniteError, Recorder
+from gradflow.record_pass import record
 from gradflow.state import ModelState, RNGState
 
 

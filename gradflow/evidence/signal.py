@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..errors import UserInputError
 from ..inputs import Inputs
 from ..probes import SIGNAL_QUANTITIES, BranchVariance, ChannelVariance, ShortcutShare
-from ..record import record
+from ..record_pass import record
 
 __all__ = ["SIGNAL_QUANTITIES", "signal_probes", "signal_propagation"]
 

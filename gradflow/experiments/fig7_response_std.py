@@ -12,7 +12,7 @@ import itertools
 
 import pandas as pd
 
-from gradflow.record import record
+from gradflow.record_pass import record
 from gradflow.report import Section, response_std_figure
 
 from .common import Experiment, compare_rows, experiment_main

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from gradflow.record import record
+from gradflow.record_pass import record
 from gradflow.report import Section, activation_grad_figure, cumulative_spectra_figure
 from gradflow.summaries import spectra_summary_by_step
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from gradflow.record import record
+from gradflow.record_pass import record
 from gradflow.report import (
     Section,
     activation_grad_figure,
