@@ -110,9 +110,8 @@ def largest_triplets(
     if bottom:  # no restart: the whole budget stays in the basis, within BASIS_BYTES
         affordable = BASIS_BYTES // (32 * (rows + cols))  # 2 sides x (rows + images), float64
         capacity = min(max(min(max_products // 2, affordable), k + bottom), cols, rows)
-    images = WORK if dtype == WORK else dtype
-    right = _Side(capacity + 1, cols, rows, images)  # V and A V
-    left = _Side(capacity, rows, cols, images)  # U and A^T U
+    right = _Side(capacity + 1, cols, rows, dtype)  # V and A V
+    left = _Side(capacity, rows, cols, dtype)  # U and A^T U
     coupling = torch.zeros(capacity + 1, capacity, dtype=WORK)  # [l, i] = <v_l, A^T u_i>
     first = torch.randn(cols, generator=generator, dtype=WORK)
     if start is not None and start.ndim == 2 and start.shape[1] == cols and len(start):
@@ -206,14 +205,14 @@ def _recombine(matrix: Tensor, mix: Tensor) -> None:
         matrix[:m, columns] = mix @ matrix[:n, columns].to(WORK)
 
 
-def _squared_residuals(mix: Tensor, images: Tensor, sigma: Tensor, far: Tensor, basis: Tensor):
-    """||mix @ images - sigma * (far @ basis)||^2 per row, by column chunks: with the images of
-    one side and the Ritz vectors ``far @ basis`` of the other, ||A v - s u||^2 or
+def _squared_residuals(mix: Tensor, images: Tensor, sigma: Tensor, ritz) -> Tensor:
+    """||mix @ images - sigma * ritz(columns)||^2 per row, by column chunks: with the images of
+    one side and ``ritz`` the far side's Ritz vectors on those columns, ||A v - s u||^2 or
     ||A^T u - s v||^2 without a full-size temporary."""
     total = torch.zeros(len(sigma), dtype=WORK)
     for start in range(0, images.shape[1], COLUMN_CHUNK):
         columns = slice(start, start + COLUMN_CHUNK)
-        gap = mix @ images[:, columns].to(WORK) - sigma[:, None] * (far @ basis[:, columns])
+        gap = mix @ images[:, columns].to(WORK) - sigma[:, None] * ritz(columns)
         total += gap.pow(2).sum(dim=1)
     return total
 
@@ -222,8 +221,9 @@ def _certify(right, left, p, sigma, qt, tol, floor) -> Triplets:
     """Explicit residuals of the Ritz triplets from the stored raw products (no new ones)."""
     size = left.count
     v = qt @ right.rows[:size]
-    forward = _squared_residuals(qt, right.images[:size], sigma, p.T, left.rows[:size])
-    backward = _squared_residuals(p.T, left.images[:size], sigma, qt, right.rows[:size])
+    u = lambda columns: p.T @ left.rows[:size, columns]  # noqa: E731 (u by chunks only)
+    forward = _squared_residuals(qt, right.images[:size], sigma, u)
+    backward = _squared_residuals(p.T, left.images[:size], sigma, lambda columns: v[:, columns])
     residual = torch.sqrt(forward + backward)
     error = residual / math.sqrt(2)
     ok = (error <= tol * sigma) | (residual <= floor)

@@ -161,14 +161,13 @@ def cumulative_singular_values(
     dtype, columns = chain.x.dtype, chain.numel(0)
     generator = probe_generator(seed)
     block_size = min(block_size or max(k + k // 2 + 2, 16), columns)
-    asked = max(max_basis or 4 * block_size, 2 * block_size)
-    if asked >= columns:  # the basis may grow to the whole input space: as costly as dense
+    if max(max_basis or 4 * block_size, 2 * block_size) >= columns:  # the basis may grow to
+        # the whole input space: as costly as dense (judged on the basis asked for)
         check_dense_route((chain.numel(wanted[-1]), columns), dtype, k, "largest", False)
     if max_basis is None:  # 4 blocks, fewer where the images would outgrow IMAGES_BYTES
         widest = max(chain.numel(depth) for depth in range(wanted[-1] + 1))
-        affordable = IMAGES_BYTES // (widest * chain.x.element_size())
-        asked = max(min(asked, affordable), 2 * block_size)
-    max_basis = asked
+        max_basis = min(4 * block_size, IMAGES_BYTES // (widest * chain.x.element_size()))
+    max_basis = max(max_basis, 2 * block_size)
     basis = orthonormal_rows(
         torch.randn(block_size, columns, generator=generator, dtype=dtype),
         torch.empty(0, columns, dtype=dtype),
