@@ -30,6 +30,7 @@ from torch import nn
 
 from . import io as gio
 from . import outdir
+from .budget import model_plan
 from .configs import AnalysisConfig
 from .data import ImageDataset
 from .errors import ParameterError, UserInputError
@@ -41,8 +42,6 @@ from .verdict import summary_display, verdict_frame
 __all__ = ["SUMMARY_COLUMNS", "AnalysisConfig", "AnalysisResult", "analyze", "check_out"]
 
 REPORT_KIND = "analysis-report"
-PRECHECK_SAMPLES = 16  # the non-finite check before the long phases: one small forward+backward
-PRECHECK_GFLOP = 8.0  # ... of at most this forward work (resnet56: 16 x 0.25; resnet50@224: 2)
 
 
 @dataclass
@@ -295,51 +294,11 @@ def _progress_bar(config: AnalysisConfig, total: int):
     )
 
 
-def _record_plan(probe, config: AnalysisConfig) -> dict:
-    """Batch and micro-batch of one model's record phase, from its saved bytes per sample, the
-    samples of its non-finite precheck, and its spectra plan (key "spectra": ``gradflow.budget``;
-    analyze writes it to meta["spectra"])."""
-    from .budget import spectra_plan
-    from .inputs import batch_size
-    from .memory import (
-        MAX_VECTORS_PER_CHUNK,
-        choose_micro_batch,
-        forward_gflop,
-        product_budget_mib,
-        record_fixed_bytes,
-        saved_bytes_per_sample,
-        vectors_per_chunk,
-    )
-
-    total = batch_size(probe.inputs)
-    per_sample = saved_bytes_per_sample(probe.model, probe.inputs, probe.targets, probe.loss_fn)
-    fixed = record_fixed_bytes(probe.model)
-    micro = choose_micro_batch(per_sample, total, config.record_memory, fixed)
-    gflop = forward_gflop(probe.model, probe.inputs)
-    precheck = min(PRECHECK_SAMPLES, max(2, int(PRECHECK_GFLOP / max(gflop, 1e-9))), total)
-    return {
-        "model": probe.label,
-        "batch_size": total,
-        "micro_batch": micro,
-        "micro_batches": -(-total // micro),
-        "saved_mib_per_sample": round(per_sample / 2**20, 3),
-        "fixed_mib": round(fixed / 2**20, 1),
-        "record_memory_mib": config.record_memory,
-        # vectors per batched spectra product on the whole net (a block or a shallower map:
-        # as many or more, up to MAX_VECTORS_PER_CHUNK), within the products' share
-        "product_vectors": vectors_per_chunk(
-            per_sample, MAX_VECTORS_PER_CHUNK, product_budget_mib(config.record_memory)
-        ),
-        "precheck_samples": precheck,
-        "spectra": spectra_plan(probe.label, probe.model, probe.inputs, config, gflop),
-    }
-
-
 def _first_nonfinite(probe, plan: dict, everything: bool = False):
     """Where NaN/Inf first appears on the first ``plan["precheck_samples"]`` (at most
-    ``PRECHECK_SAMPLES``, fewer for a model whose forward exceeds ``PRECHECK_GFLOP`` / 16; or
-    on every micro-batch: after a record phase whose numbers are non-finite although the first
-    samples were not)."""
+    ``budget.PRECHECK_SAMPLES``, fewer for a model whose forward exceeds ``PRECHECK_GFLOP`` /
+    16; or on every micro-batch: after a record phase whose numbers are non-finite although the
+    first samples were not)."""
     from .finite import locate_nonfinite
     from .inputs import select_samples
     from .record_pass import micro_batches, slice_targets
@@ -430,7 +389,7 @@ def _run(config: AnalysisConfig, pairs: list[tuple[str, str | nn.Module]], step:
             label: probe_for(label, model, _model_config(config, model), data, device)
             for label, model in pairs
         }
-        planned = {label: _record_plan(probe, config) for label, probe in probes.items()}
+        planned = {label: model_plan(probe, config) for label, probe in probes.items()}
         _check_spectra_cost(config, probes, planned)
         bar = _progress_bar(config, len(probes) * len(frames))
         with bar:

@@ -1,4 +1,5 @@
-"""The spectra phase's plan for one model: how many samples, which end of each spectrum.
+"""The plan for one model: its record micro-batches (``model_plan``) and its spectra phase's
+samples and ends of each spectrum (``spectra_plan``).
 
 ``gradflow analyze``'s default spectra (two probe samples; the k largest and the k smallest
 singular values of every block and cumulative operator, a Krylov budget of 128 products each)
@@ -40,6 +41,8 @@ KRYLOV_PRODUCTS = {"both": 128, "largest": 96}  # per operator: the budget; a to
 # The smallest Krylov budget the plan cuts to: a top-8 Golub-Kahan solve spends >= 2 k + 2
 # products before its first certificate (an unconverged value keeps its honest bound).
 MIN_KRYLOV_PRODUCTS = 32
+PRECHECK_SAMPLES = 16  # the non-finite check before the long phases: one small forward+backward
+PRECHECK_GFLOP = 8.0  # ... of at most this forward work (resnet56: 16 x 0.25; resnet50@224: 2)
 
 
 def parse_depths(depths: str) -> str | list[int]:
@@ -166,3 +169,42 @@ def spectra_sentence(meta: dict) -> str:
     if len(samples) == 1 and len(which) == 1:
         return f"spectra on the first {samples[0]} of them, {ends[which[0]]}"
     return "spectra as planned per model (below)"
+
+
+def model_plan(probe, config) -> dict:
+    """One model's plan for ``gradflow analyze`` (``probe``: ``model_inputs.Probe``): the batch and
+    micro-batch of its record phase from its saved bytes per sample, the samples of its
+    non-finite precheck, and its spectra plan (key "spectra": ``spectra_plan``; analyze writes
+    the record part to meta["record"], the rest to meta["spectra"])."""
+    from .memory import (
+        MAX_VECTORS_PER_CHUNK,
+        choose_micro_batch,
+        forward_gflop,
+        product_budget_mib,
+        record_fixed_bytes,
+        saved_bytes_per_sample,
+        vectors_per_chunk,
+    )
+
+    total = batch_size(probe.inputs)
+    per_sample = saved_bytes_per_sample(probe.model, probe.inputs, probe.targets, probe.loss_fn)
+    fixed = record_fixed_bytes(probe.model)
+    micro = choose_micro_batch(per_sample, total, config.record_memory, fixed)
+    gflop = forward_gflop(probe.model, probe.inputs)
+    precheck = min(PRECHECK_SAMPLES, max(2, int(PRECHECK_GFLOP / max(gflop, 1e-9))), total)
+    return {
+        "model": probe.label,
+        "batch_size": total,
+        "micro_batch": micro,
+        "micro_batches": -(-total // micro),
+        "saved_mib_per_sample": round(per_sample / 2**20, 3),
+        "fixed_mib": round(fixed / 2**20, 1),
+        "record_memory_mib": config.record_memory,
+        # vectors per batched spectra product on the whole net (a block or a shallower map:
+        # as many or more, up to MAX_VECTORS_PER_CHUNK), within the products' share
+        "product_vectors": vectors_per_chunk(
+            per_sample, MAX_VECTORS_PER_CHUNK, product_budget_mib(config.record_memory)
+        ),
+        "precheck_samples": precheck,
+        "spectra": spectra_plan(probe.label, probe.model, probe.inputs, config, gflop),
+    }

@@ -191,13 +191,14 @@ def _zero_gamma_rows(out: Plan, label: str, probe) -> str | None:
 
 def measure(config, found: Plan, step: int) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     """Records and spectra of the counterfactual nets (analyze's phases), global RNG kept."""
-    from .analyze import _first_nonfinite, _measure, _progress_bar, _record_plan
+    from .analyze import _first_nonfinite, _measure, _progress_bar
+    from .budget import model_plan
 
     frames: dict[str, list[pd.DataFrame]] = {"record": [], "spectra": []}
     timings = []
     with preserved_rng(), _progress_bar(config, len(found.probes) * 2) as bar:
         for label, probe in found.probes.items():
-            plan = _record_plan(probe, config)  # the same micro-batches and checks as analyze
+            plan = model_plan(probe, config)  # the same micro-batches and checks as analyze
             site = _first_nonfinite(probe, plan)
             for phase, collected in frames.items():
                 bar.set_postfix_str(f"whatif {label}: {phase}")
